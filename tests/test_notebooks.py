@@ -1,0 +1,95 @@
+"""Checks on the committed notebooks that nbval itself cannot make.
+
+nbval compares stored outputs with fresh ones, but it silently accepts a notebook that was never
+executed (no outputs to compare) and does not care in which order cells were run.
+"""
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+CHAPTERS = [
+    "01_tokenization",
+    "02_embeddings",
+    "03_self_attention",
+    "04_causal_attention",
+    "05_multi_head_attention",
+    "06_gpt_model",
+    "07_training",
+    "08_generation",
+    "09_llama",
+]
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def code_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+
+
+def test_every_notebook_is_a_known_chapter():
+    names = [p.stem for p in NOTEBOOKS]
+    assert names, "no notebooks found"
+    assert set(names) <= set(CHAPTERS), f"unexpected notebooks: {set(names) - set(CHAPTERS)}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_was_executed_top_to_bottom_without_stored_errors(path):
+    cells = code_cells(load(path))
+    counts = [c["execution_count"] for c in cells]
+    assert None not in counts, f"{path.name}: {counts.count(None)} code cell(s) never executed"
+    assert counts == list(range(1, len(cells) + 1)), (
+        f"{path.name}: execution counts {counts} are not 1..{len(cells)}; "
+        "re-run it top to bottom from a fresh kernel"
+    )
+    for c in cells:
+        for out in c.get("outputs", []):
+            if out["output_type"] == "error":
+                assert "NBVAL_RAISES_EXCEPTION" in "".join(c["source"]), (
+                    f"{path.name} cell {c['execution_count']} stored an error ({out['ename']}) "
+                    "but is not marked # NBVAL_RAISES_EXCEPTION"
+                )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_outputs_are_reproducible_text(path):
+    for c in code_cells(load(path)):
+        for out in c.get("outputs", []):
+            data = out.get("data", {})
+            assert "image/svg+xml" not in data, f"{path.name}: SVG output embeds a date; use PNG"
+            plain = "".join(data.get("text/plain", []))
+            assert "matplotlib.lines.Line2D" not in plain and " at 0x" not in plain, (
+                f"{path.name} cell {c['execution_count']}: an object repr with an address; "
+                "end plot cells with plt.show()"
+            )
+            if out["output_type"] == "stream" and out["name"] == "stderr":
+                text = "".join(out["text"])
+                assert "Warning" not in text or "NBVAL_IGNORE_OUTPUT" in "".join(c["source"]), (
+                    f"{path.name} cell {c['execution_count']}: a stored warning: {text[:200]}"
+                )
+
+
+def test_every_notebook_opens_with_the_same_setup_cell_and_the_repository_url():
+    url = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    first_cells = {p.name: "".join(code_cells(load(p))[0]["source"]) for p in NOTEBOOKS}
+    reference = first_cells[NOTEBOOKS[0].name]
+    assert f'REPO_URL = "{url}"' in reference
+    assert "setup_notebook(" in reference and "google.colab" in reference
+    for name, source in first_cells.items():
+        assert source == reference, f"{name}: its setup cell differs from {NOTEBOOKS[0].name}'s"
+
+
+def test_readme_lists_every_chapter_with_a_colab_badge():
+    readme = (ROOT / "README.md").read_text()
+    url = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    repo = re.sub(r"^https://github.com/", "", url)
+    for path in NOTEBOOKS:
+        badge = f"https://colab.research.google.com/github/{repo}/blob/main/notebooks/{path.name}"
+        assert badge in readme, f"README has no Open-in-Colab link for {path.name}"
