@@ -7,6 +7,6 @@ Importing ``shared`` installs jaxtyping's import hook for the package, so every 
 from jaxtyping import install_import_hook
 
 with install_import_hook("shared", "beartype.beartype"):
-    from shared import data, runtime, shapes, tokenizer
+    from shared import attention, data, embeddings, runtime, shapes, tokenizer
 
-__all__ = ["data", "runtime", "shapes", "tokenizer"]
+__all__ = ["attention", "data", "embeddings", "runtime", "shapes", "tokenizer"]
