@@ -4,9 +4,38 @@ Importing ``shared`` installs jaxtyping's import hook for the package, so every 
 ``forward`` below is shape-checked at call time (see ``shared.shapes`` for the off switch).
 """
 
+from beartype import BeartypeConf, beartype
 from jaxtyping import install_import_hook
 
-with install_import_hook("shared", "beartype.beartype"):
-    from shared import attention, data, embeddings, runtime, shapes, tokenizer
+# The checker the hook applies. The numeric tower lets an int stand where a float is expected
+# (drop_rate=0, lr=1), as Python's own typing rules intend.
+typechecker = beartype(conf=BeartypeConf(is_pep484_tower=True))
 
-__all__ = ["attention", "data", "embeddings", "runtime", "shapes", "tokenizer"]
+with install_import_hook("shared", "shared.typechecker"):
+    from shared import (
+        attention,
+        data,
+        embeddings,
+        generate,
+        model,
+        plotting,
+        runtime,
+        shapes,
+        tokenizer,
+        train,
+        weights,
+    )
+
+__all__ = [
+    "attention",
+    "data",
+    "embeddings",
+    "generate",
+    "model",
+    "plotting",
+    "runtime",
+    "shapes",
+    "tokenizer",
+    "train",
+    "weights",
+]

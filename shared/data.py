@@ -149,8 +149,7 @@ def fetch(path: str) -> Path:
         ) from e
     except Exception as e:  # no network, DNS failure, HTTP error ...
         raise DataUnavailableError(
-            f"could not download '{file.path}' from {file.url}: {type(e).__name__}: {e}. "
-            + _ways_out(file, target)
+            f"could not download '{file.path}' from {file.url}: {type(e).__name__}: {e}. " + _ways_out(file, target)
         ) from e
     return target
 
@@ -166,8 +165,7 @@ def _copy_verified(source: Path, target: Path, file: DataFile) -> None:
         if actual != file.sha256:
             raise ChecksumMismatchError(
                 f"'{file.path}' copied from the mirror {source} has sha256 {actual}, expected "
-                f"{file.sha256} (the file at {file.url}); the copy was discarded. "
-                + _ways_out(file, target)
+                f"{file.sha256} (the file at {file.url}); the copy was discarded. " + _ways_out(file, target)
             )
         os.replace(tmp, target)
     finally:
@@ -297,4 +295,6 @@ def create_dataloader(
             "Lower batch_size, context_length or stride, use more text, or pass drop_last=False."
         )
     sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
+    # Its own generator, so iterating never consumes the global RNG (which dropout uses).
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, generator=generator)

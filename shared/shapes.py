@@ -32,9 +32,7 @@ class ShapeError(ValueError):
 
 
 @typing.no_type_check  # checks its own operands, with a message that shows both shapes
-def strict_matmul(
-    a: Float[Tensor, "*batch m k"], b: Float[Tensor, "*batch k n"]
-) -> Float[Tensor, "*batch m n"]:
+def strict_matmul(a: Float[Tensor, "*batch m k"], b: Float[Tensor, "*batch k n"]) -> Float[Tensor, "*batch m n"]:
     """``a @ b`` for tensors with the *same* leading (batch) dimensions, and nothing else.
 
     ``torch.matmul`` silently broadcasts: a ``(2, 4, 5)`` times a ``(4, 5, 3)`` is not an error,

@@ -47,9 +47,7 @@ class UnknownTokenError(KeyError):
 
 # A word (letters, digits, underscores; inner apostrophes as in "I'll" stay inside), or one
 # punctuation mark. Whitespace separates tokens and is not kept.
-_WORD_PATTERN = re.compile(
-    rf"{re.escape(ENDOFTEXT)}|{re.escape(UNKNOWN)}|\w+(?:'\w+)*|[^\w\s]"
-)
+_WORD_PATTERN = re.compile(rf"{re.escape(ENDOFTEXT)}|{re.escape(UNKNOWN)}|\w+(?:'\w+)*|[^\w\s]")
 _NO_SPACE_BEFORE = re.compile(r" ([,.:;?!)\]}'])")
 _NO_SPACE_AFTER = re.compile(r"([(\[{]) ")
 
@@ -104,9 +102,7 @@ class WordTokenizer:
         try:
             text = " ".join(self.id_to_str[i] for i in ids)
         except KeyError as e:
-            raise ValueError(
-                f"token id {e.args[0]} is not in this vocabulary (0..{self.vocab_size - 1})"
-            ) from None
+            raise ValueError(f"token id {e.args[0]} is not in this vocabulary (0..{self.vocab_size - 1})") from None
         return _NO_SPACE_AFTER.sub(r"\1", _NO_SPACE_BEFORE.sub(r"\1", text))
 
 
@@ -116,9 +112,7 @@ class WordTokenizer:
 
 # GPT-2's pre-tokenization regex, exactly as tiktoken uses it: contractions, runs of letters,
 # of digits, of other symbols (each with at most one leading space), and whitespace.
-GPT2_PATTERN = (
-    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-)
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
 
 @functools.cache
@@ -239,9 +233,7 @@ class BPETokenizer:
         """
         n_merges = vocab_size - 256 - len(special_tokens)
         if n_merges < 0:
-            raise ValueError(
-                f"vocab_size must be at least {256 + len(special_tokens)} (bytes + special tokens)"
-            )
+            raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)} (bytes + special tokens)")
         piece_re = regex.compile(pattern)
         chunks = [text]
         if special_tokens:  # never learn merges across (or inside) special tokens

@@ -8,16 +8,19 @@ import shutil
 import pytest
 import tiktoken
 import tiktoken.registry
+import torch
 from hypothesis import HealthCheck, settings
 
 from shared.data import FILES, gpt2_bpe_files
 
 # One profile everywhere: no per-example deadline (the first call of a checked function compiles
 # its checker), derandomized so CI failures reproduce.
-settings.register_profile(
-    "course", deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("course", deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("course")
+
+# Unit tests use tiny tensors, for which one thread is fastest; with two, OpenMP's spin-waiting
+# makes each small op up to 15x slower whenever another process (a notebook kernel) is busy.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

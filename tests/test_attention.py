@@ -27,8 +27,15 @@ def make_mha(d_in=12, d_out=12, n_heads=3, context=16, dropout=0.0, qkv_bias=Tru
 
 
 def sdpa_twin(module: MultiHeadAttention) -> MultiHeadAttention:
-    twin = MultiHeadAttention(module.d_in, module.out_proj.out_features, module.n_heads, module.context_length,
-                              module.dropout.p, module.qkv.bias is not None, use_sdpa=True)
+    twin = MultiHeadAttention(
+        module.d_in,
+        module.out_proj.out_features,
+        module.n_heads,
+        module.context_length,
+        module.dropout.p,
+        module.qkv.bias is not None,
+        use_sdpa=True,
+    )
     twin.load_state_dict(module.state_dict())
     return twin
 
@@ -54,8 +61,9 @@ def test_attention_weights_are_a_softmax_of_scaled_dot_products():
 def test_attend_equals_pytorch_sdpa():
     q, k, v = torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 4)
     torch.testing.assert_close(attend(q, k, v), F.scaled_dot_product_attention(q, k, v), atol=ATOL, rtol=0)
-    torch.testing.assert_close(attend(q, k, v, causal_mask(7)),
-                               F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        attend(q, k, v, causal_mask(7)), F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=ATOL, rtol=0
+    )
 
 
 def test_self_attention_module_equals_its_formula():
@@ -99,8 +107,8 @@ def test_wrapper_of_single_heads_equals_the_fused_module():
     fused = make_mha().eval()
     with torch.no_grad():
         for part, name in enumerate(["W_query", "W_key", "W_value"]):
-            fused.qkv.weight[part * 12:(part + 1) * 12] = torch.cat([getattr(h, name).weight for h in wrapper.heads])
-            fused.qkv.bias[part * 12:(part + 1) * 12] = torch.cat([getattr(h, name).bias for h in wrapper.heads])
+            fused.qkv.weight[part * 12 : (part + 1) * 12] = torch.cat([getattr(h, name).weight for h in wrapper.heads])
+            fused.qkv.bias[part * 12 : (part + 1) * 12] = torch.cat([getattr(h, name).bias for h in wrapper.heads])
         fused.out_proj.load_state_dict(wrapper.out_proj.state_dict())
     x = torch.randn(2, 10, 12)
     torch.testing.assert_close(wrapper(x), fused(x), atol=ATOL, rtol=0)
@@ -110,17 +118,21 @@ def test_wrapper_of_single_heads_equals_the_fused_module():
 
 
 @given(
-    batch=st.integers(1, 3), seq=st.integers(2, 12), heads=st.sampled_from([1, 2, 4]),
-    t=st.integers(0, 10), use_sdpa=st.booleans(), seed=st.integers(0, 1000),
+    batch=st.integers(1, 3),
+    seq=st.integers(2, 12),
+    heads=st.sampled_from([1, 2, 4]),
+    t=st.integers(0, 10),
+    use_sdpa=st.booleans(),
+    seed=st.integers(0, 1000),
 )
 def test_future_positions_never_change_past_outputs(batch, seq, heads, t, use_sdpa, seed):
     t = min(t, seq - 2)
     module = make_mha(d_in=8, d_out=8, n_heads=heads, use_sdpa=use_sdpa, seed=seed).eval()
     x = torch.randn(batch, seq, 8)
     changed = x.clone()
-    changed[:, t + 1:] = torch.randn(batch, seq - t - 1, 8) * 10
+    changed[:, t + 1 :] = torch.randn(batch, seq - t - 1, 8) * 10
     torch.testing.assert_close(module(x)[:, : t + 1], module(changed)[:, : t + 1], atol=ATOL, rtol=0)
-    assert not torch.allclose(module(x)[:, t + 1:], module(changed)[:, t + 1:])
+    assert not torch.allclose(module(x)[:, t + 1 :], module(changed)[:, t + 1 :])
 
 
 @given(seed=st.integers(0, 1000), use_sdpa=st.booleans())
@@ -137,7 +149,7 @@ def test_causal_single_head_and_wrapper_are_causal(seed, use_sdpa):
 def test_a_batch_gives_the_same_outputs_as_its_rows_one_by_one(use_sdpa):
     module = make_mha(use_sdpa=use_sdpa).eval()
     x = torch.randn(5, 9, 12)
-    one_by_one = torch.cat([module(x[i:i + 1]) for i in range(5)])
+    one_by_one = torch.cat([module(x[i : i + 1]) for i in range(5)])
     torch.testing.assert_close(module(x), one_by_one, atol=ATOL, rtol=0)
 
 
@@ -148,7 +160,7 @@ def test_cached_incremental_attention_equals_full_attention(use_sdpa, chunks):
     x = torch.randn(2, 9, 12)
     cache, outputs, start = LayerKVCache(), [], 0
     for size in chunks:
-        outputs.append(module(x[:, start:start + size], cache))
+        outputs.append(module(x[:, start : start + size], cache))
         start += size
     assert cache.seq_len == 9
     torch.testing.assert_close(torch.cat(outputs, dim=1), module(x), atol=ATOL, rtol=0)

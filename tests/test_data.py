@@ -115,8 +115,7 @@ def test_download_verifies_the_hash(tiny_file, http_server, monkeypatch, tmp_pat
     assert fetch(file.path).read_bytes() == content
 
 
-def test_download_with_a_wrong_hash_raises_and_leaves_nothing_behind(tiny_file, http_server, monkeypatch,
-                                                                     tmp_path):
+def test_download_with_a_wrong_hash_raises_and_leaves_nothing_behind(tiny_file, http_server, monkeypatch, tmp_path):
     file, _ = tiny_file
     root, base = http_server
     (root / "hamlet.txt").write_bytes(b"tampered\n")

@@ -46,8 +46,7 @@ def test_notebook_was_executed_top_to_bottom_without_stored_errors(path):
     counts = [c["execution_count"] for c in cells]
     assert None not in counts, f"{path.name}: {counts.count(None)} code cell(s) never executed"
     assert counts == list(range(1, len(cells) + 1)), (
-        f"{path.name}: execution counts {counts} are not 1..{len(cells)}; "
-        "re-run it top to bottom from a fresh kernel"
+        f"{path.name}: execution counts {counts} are not 1..{len(cells)}; re-run it top to bottom from a fresh kernel"
     )
     for c in cells:
         for out in c.get("outputs", []):

@@ -28,8 +28,23 @@ def test_requirements_and_pyproject_agree_on_lower_bounds():
     for name, bound in req.items():
         assert declared.get(name) == bound, f"{name}: requirements.txt says >={bound}, pyproject {declared.get(name)}"
     assert "-e .[dev]" in (ROOT / "requirements.txt").read_text()
-    for needed in ["torch", "tiktoken", "einops", "matplotlib", "jupyterlab", "nbval", "gensim", "jaxtyping",
-                   "beartype", "tqdm", "pooch", "pytest", "hypothesis", "transformers", "ruff"]:
+    for needed in [
+        "torch",
+        "tiktoken",
+        "einops",
+        "matplotlib",
+        "jupyterlab",
+        "nbval",
+        "gensim",
+        "jaxtyping",
+        "beartype",
+        "tqdm",
+        "pooch",
+        "pytest",
+        "hypothesis",
+        "transformers",
+        "ruff",
+    ]:
         assert needed in req, f"requirements.txt lacks {needed}"
 
 

@@ -1,0 +1,194 @@
+import itertools
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from shared.data import create_dataloader
+from shared.model import GPTConfig, GPTModel
+from shared.train import (
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    TrainConfig,
+    bits_per_character,
+    cross_entropy,
+    evaluate_loss,
+    load_checkpoint,
+    lr_at,
+    read_checkpoint,
+    save_checkpoint,
+    train,
+)
+
+TINY = GPTConfig(vocab_size=40, context_length=16, emb_dim=32, n_heads=2, n_layers=2, drop_rate=0.1)
+TOKENS = torch.randint(0, 40, (400,), generator=torch.Generator().manual_seed(0))
+
+
+def loaders(batch_size=4):
+    train_loader = create_dataloader(TOKENS[:300], batch_size=batch_size, context_length=16, stride=8, seed=5)
+    val_loader = create_dataloader(TOKENS[300:], batch_size=2, context_length=16, shuffle=False)
+    return train_loader, val_loader
+
+
+def fresh_model(config=TINY):
+    torch.manual_seed(0)
+    return GPTModel(config)
+
+
+def test_cross_entropy_is_the_mean_negative_log_probability_of_the_targets():
+    logits, targets = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
+    log_probs = torch.log_softmax(logits, dim=-1)
+    manual = -log_probs.gather(-1, targets[..., None]).mean()
+    torch.testing.assert_close(cross_entropy(logits, targets), manual)
+    torch.testing.assert_close(
+        cross_entropy(logits, targets), F.cross_entropy(logits.reshape(10, 7), targets.reshape(10))
+    )
+
+
+def test_learning_rate_warms_up_then_decays_along_a_cosine():
+    config = TrainConfig(max_steps=100, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    lrs = [lr_at(s, config) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+    assert lr_at(100, config) == pytest.approx(1e-4)
+    assert lr_at(55, config) == pytest.approx(5.5e-4)  # half way down the cosine
+
+
+def test_the_loop_learns_a_tiny_model_overfits_a_few_hundred_tokens():
+    config = replace(TINY, drop_rate=0.0)
+    train_loader = create_dataloader(TOKENS[:200], batch_size=8, context_length=16, stride=4, seed=1)
+    history = train(
+        fresh_model(config),
+        train_loader,
+        None,
+        TrainConfig(max_steps=300, lr=3e-3, warmup_steps=20, weight_decay=0.0, eval_every=300, progress=False),
+    )
+    assert history.step_losses[0] > math.log(40) - 0.5  # starts near ln(vocab): uniform guessing
+    assert history.step_losses[-1] < 0.1
+
+
+class InterruptAfter(DataLoader):
+    """A copy of a loader that raises KeyboardInterrupt (as Ctrl-C would) when batch `n` is fetched."""
+
+    def __init__(self, loader, n):
+        super().__init__(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            sampler=loader.sampler,
+            drop_last=True,
+            generator=loader.generator,
+        )
+        self.n, self.fetched = n, 0
+
+    def __iter__(self):
+        return self._interrupting(super().__iter__())  # create the real iterator now, as DataLoader does
+
+    def _interrupting(self, batches):
+        for batch in batches:
+            if self.fetched == self.n:
+                raise KeyboardInterrupt
+            self.fetched += 1
+            yield batch
+
+
+@pytest.mark.parametrize("interrupt_at", [5, 13])  # 9 batches per epoch: inside the first or second epoch
+def test_resuming_an_interrupted_run_gives_exactly_the_uninterrupted_losses(tmp_path, interrupt_at):
+    config = TrainConfig(
+        max_steps=24, lr=2e-3, warmup_steps=4, eval_every=6, progress=False, checkpoint_path=str(tmp_path / "run.pt")
+    )
+    train_loader, val_loader = loaders()
+    assert len(train_loader) == 9
+    uninterrupted = train(fresh_model(), train_loader, val_loader, replace(config, checkpoint_path=None))
+
+    first = train(fresh_model(), InterruptAfter(loaders()[0], interrupt_at), val_loader, config)
+    assert len(first.step_losses) == interrupt_at
+    assert read_checkpoint(tmp_path / "run.pt")["step"] == interrupt_at
+    torch.manual_seed(999)  # whatever happens in between must not matter
+    resumed = train(fresh_model(), loaders()[0], val_loader, config, resume=True)
+    assert resumed.step_losses == uninterrupted.step_losses  # exactly equal, not approximately
+    assert [e["val_loss"] for e in resumed.evals] == [e["val_loss"] for e in uninterrupted.evals]
+
+
+def test_a_checkpoint_from_another_config_is_refused_naming_the_difference(tmp_path):
+    path = tmp_path / "a.pt"
+    save_checkpoint(path, fresh_model(), step=0)
+    other = GPTModel(replace(TINY, emb_dim=16, n_layers=3))
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_checkpoint(path, other)
+    assert "emb_dim: checkpoint 32, this model 16" in str(info.value)
+    assert "n_layers: checkpoint 2, this model 3" in str(info.value)
+    same = fresh_model()
+    load_checkpoint(path, same)  # the matching config loads
+
+
+class ExplodingModel(GPTModel):
+    """Returns NaN logits from its `explode_at`-th training forward pass on."""
+
+    def __init__(self, config, explode_at):
+        super().__init__(config)
+        self.calls, self.explode_at = 0, explode_at
+
+    def forward(self, idx, cache=None):
+        logits = super().forward(idx, cache)
+        if self.training:
+            self.calls += 1
+            if self.calls >= self.explode_at:
+                return logits * float("nan")
+        return logits
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = ExplodingModel(TINY, explode_at=8)
+    train_loader, val_loader = loaders()
+    config = TrainConfig(max_steps=20, eval_every=3, progress=False, checkpoint_path=str(tmp_path / "run.pt"))
+    with pytest.raises(NonFiniteLossError, match=r"at step 8\..*last good checkpoint is kept") as info:
+        train(model, train_loader, val_loader, config)
+    assert str(tmp_path / "run.pt") in str(info.value)
+    state = read_checkpoint(tmp_path / "run.pt")
+    assert state["step"] == 6
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path):
+    config = TrainConfig(max_steps=2, checkpoint_path=str(tmp_path / "missing.pt"), progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(fresh_model(), loaders()[0], None, config, resume=True)
+
+
+def test_history_records_tokens_seen_and_both_losses():
+    train_loader, val_loader = loaders()
+    history = train(fresh_model(), train_loader, val_loader, TrainConfig(max_steps=10, eval_every=5, progress=False))
+    assert [e["step"] for e in history.evals] == [5, 10]
+    assert [e["tokens_seen"] for e in history.evals] == [5 * 4 * 16, 10 * 4 * 16]
+    assert history.evals[0]["train_loss"] == pytest.approx(sum(history.step_losses[:5]) / 5)
+    model = fresh_model()
+    assert evaluate_loss(model, val_loader) == pytest.approx(
+        sum(cross_entropy(model.eval()(x), y).item() for x, y in val_loader) / len(val_loader)
+    )
+
+
+class CharTokenizer:
+    def encode(self, text):
+        return [ord(c) - 97 for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i + 97) for i in ids)
+
+
+def test_bits_per_character_sums_every_predicted_token_once():
+    torch.manual_seed(0)
+    model = GPTModel(replace(TINY, vocab_size=26, drop_rate=0.0)).eval()
+    text = "".join(chr(97 + (i * 7) % 26) for i in range(45))  # 45 characters: 2 full windows + 12
+    ids = torch.tensor(CharTokenizer().encode(text))
+    nats = 0.0
+    with torch.no_grad():
+        for start in range(0, 44, 16):  # windows [0,16), [16,32), [32,44)
+            window = ids[start : min(start + 17, 45)]
+            nats += F.cross_entropy(model(window[None, :-1])[0], window[1:], reduction="sum").item()
+    expected = nats / 44 / math.log(2)  # 44 predicted characters
+    assert bits_per_character(model, CharTokenizer(), text, batch_size=1) == pytest.approx(expected, rel=1e-5)
+    assert bits_per_character(model, CharTokenizer(), text, batch_size=8) == pytest.approx(expected, rel=1e-5)
