@@ -5,6 +5,8 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from shared.attention import check_context
+
 __all__ = ["TokenPositionEmbedding", "check_token_ids", "sinusoidal_positions"]
 
 
@@ -12,8 +14,8 @@ def sinusoidal_positions(n_positions: int, emb_dim: int, base: float = 10_000.0)
     """Fixed position encodings of "Attention Is All You Need" (section 3.5).
 
     Dimension pair ``i`` of position ``pos`` holds sin and cos of ``pos / base^(2i / emb_dim)``:
-    every pair is a rotation at its own frequency, from one turn per ~6 positions down to one turn
-    per ``2π·base`` positions.
+    every pair is a rotation at its own frequency, from one turn per ~6 positions down to nearly
+    one turn per ``2π·base`` positions (exactly ``2π·base^((emb_dim-2)/emb_dim)``).
     """
     if emb_dim % 2:
         raise ValueError(f"emb_dim must be even (sin/cos pairs), got {emb_dim}")
@@ -45,5 +47,6 @@ class TokenPositionEmbedding(nn.Module):
     def forward(self, idx: Int[Tensor, "batch seq"], start: int = 0) -> Float[Tensor, "batch seq emb_dim"]:
         """Embed tokens at positions ``start .. start + seq - 1`` (``start > 0`` with a KV cache)."""
         check_token_ids(idx, self.tok.num_embeddings)
+        check_context(idx.shape[1], start, self.pos.num_embeddings)
         positions = torch.arange(start, start + idx.shape[1], device=idx.device)
         return self.tok(idx) + self.pos(positions)

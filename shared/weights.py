@@ -11,11 +11,18 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from shared.model import GPT2_124M, GPT2_SIZES, GPTConfig, GPTModel
 
-__all__ = ["download_gpt2", "gpt2_config", "load_gpt2_from_hf", "load_state_dict_file", "pretrained_gpt2"]
+__all__ = [
+    "download_gpt2",
+    "gpt2_config",
+    "load_gpt2_from_hf",
+    "load_renamed",
+    "load_state_dict_file",
+    "pretrained_gpt2",
+]
 
 # Hugging Face name (after the "transformer." prefix) -> (our name, transpose?)
 _GPT2_RENAMES = [
@@ -50,39 +57,29 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _rename(hf_key: str) -> tuple[str, bool] | None:
-    key = hf_key.removeprefix("transformer.")
-    if _IGNORED.fullmatch(key):
-        return None
-    for pattern, target, transpose in _GPT2_RENAMES:
-        if re.fullmatch(pattern, key):
-            return re.sub(pattern, target, key), transpose
-    return ("<unknown>" + hf_key, False)
+def load_renamed(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    renames: list[tuple[str, str, bool]],
+    ignore: re.Pattern | None = None,
+    hint: str = "",
+) -> nn.Module:
+    """Rename (and transpose where marked) a foreign state dict's tensors, check them, load them.
 
-
-def load_gpt2_from_hf(model: GPTModel, state_dict: Mapping[str, Tensor] | str | Path) -> GPTModel:
-    """Fill ``model`` with the weights of a Hugging Face ``GPT2LMHeadModel`` (or ``GPT2Model``).
-
-    ``state_dict`` is the model's ``state_dict()`` or a path to a ``.safetensors`` file. The model
-    must be built with the matching config (GPT-2 uses ``qkv_bias=True``); if it is not, the error
-    lists every mismatching, missing and unexpected tensor. Returns the model.
+    ``renames`` holds (regex of the foreign name, our name with backreferences, transpose?).
+    Every shape mismatch, missing tensor and unexpected tensor is listed in one error.
     """
-    if isinstance(state_dict, (str, Path)):
-        state_dict = load_state_dict_file(state_dict)
     converted: dict[str, Tensor] = {}
     unexpected: list[str] = []
-    for hf_key, tensor in state_dict.items():
-        renamed = _rename(hf_key)
-        if renamed is None:
+    for foreign_key, tensor in state_dict.items():
+        if ignore is not None and ignore.fullmatch(foreign_key):
             continue
-        key, transpose = renamed
-        if key.startswith("<unknown>"):
-            unexpected.append(hf_key)
-            continue
-        converted[key] = tensor.T if transpose else tensor
-    if "out_head.weight" not in converted and "embed.tok.weight" in converted:
-        converted["out_head.weight"] = converted["embed.tok.weight"]  # GPT-2 ties its output head
-
+        for pattern, target, transpose in renames:
+            if re.fullmatch(pattern, foreign_key):
+                converted[re.sub(pattern, target, foreign_key)] = tensor.T if transpose else tensor
+                break
+        else:
+            unexpected.append(foreign_key)
     expected = model.state_dict()
     problems = [
         f"  {key}: the model has {tuple(expected[key].shape)}, the checkpoint {tuple(tensor.shape)}"
@@ -100,12 +97,27 @@ def load_gpt2_from_hf(model: GPTModel, state_dict: Mapping[str, Tensor] | str | 
         if unexpected:
             lines.append(f"not in the model: {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
         lines.append(
-            f"model config: {model.config}. Build the model with the checkpoint's sizes "
-            "(gpt2_config(...) for the released GPT-2 sizes; GPT-2 has qkv_bias=True)."
+            f"model config: {getattr(model, 'config', '?')}. Build the model with the checkpoint's sizes{hint}."
         )
         raise ValueError("\n".join(lines))
     model.load_state_dict(converted, strict=True)
     return model
+
+
+def load_gpt2_from_hf(model: GPTModel, state_dict: Mapping[str, Tensor] | str | Path) -> GPTModel:
+    """Fill ``model`` with the weights of a Hugging Face ``GPT2LMHeadModel`` (or ``GPT2Model``).
+
+    ``state_dict`` is the model's ``state_dict()`` or a path to a ``.safetensors`` file. The model
+    must be built with the matching config (GPT-2 uses ``qkv_bias=True``); if it is not, the error
+    lists every mismatching, missing and unexpected tensor. Returns the model.
+    """
+    if isinstance(state_dict, (str, Path)):
+        state_dict = load_state_dict_file(state_dict)
+    state_dict = {key.removeprefix("transformer."): tensor for key, tensor in state_dict.items()}
+    if "lm_head.weight" not in state_dict and "wte.weight" in state_dict:
+        state_dict["lm_head.weight"] = state_dict["wte.weight"]  # GPT-2's head is its embedding, stored once
+    hint = " (gpt2_config(...) for the released GPT-2 sizes; GPT-2 has qkv_bias=True)"
+    return load_renamed(model, state_dict, _GPT2_RENAMES, _IGNORED, hint)
 
 
 def gpt2_config(size: str = "124M", **overrides) -> GPTConfig:

@@ -37,6 +37,8 @@ def test_token_position_embedding_is_a_lookup_plus_position_rows():
     torch.testing.assert_close(emb(idx[:, 2:], start=2), out[:, 2:])
     with pytest.raises(ValueError, match=r"token ids must be in 0\.\.9"):
         emb(torch.tensor([[1, 10]]))
+    with pytest.raises(ValueError, match="after 6 cached positions exceed the context length of 8"):
+        emb(idx, start=6)
 
 
 # -- next-token dataset ------------------------------------------------------------------------
