@@ -39,12 +39,16 @@ def main() -> None:
     tik_s, ref = timed(lambda: enc.encode(text), repeats=5)
     assert ours == ref, "our GPT-2 ids differ from tiktoken's"
 
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"Python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"Python {platform.python_version()}"
+    )
     print(f"text: Tiny Shakespeare, {len(text):,} characters -> {len(ref):,} GPT-2 tokens")
     print(f"train BPE to vocab 1,024 (ours):          {train_s:6.2f} s   (target <= 20 s)")
-    print(f"encode with GPT-2 merges (ours, cold):    {ours_s:6.2f} s   (target <= 15 s; "
-          f"{load_s:.2f} s of it loading the merges)")
+    print(
+        f"encode with GPT-2 merges (ours, cold):    {ours_s:6.2f} s   (target <= 15 s; "
+        f"{load_s:.2f} s of it loading the merges)"
+    )
     print(f"encode with GPT-2 merges (tiktoken):      {tik_s:6.2f} s")
     print(f"ours / tiktoken encoding time:            {ours_s / tik_s:6.1f}x")
     print(f"identical ids: {ours == ref}; our vocabulary: {tok}")

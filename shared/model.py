@@ -4,6 +4,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
@@ -14,6 +15,7 @@ __all__ = [
     "GELU",
     "GPT2_124M",
     "GPT2_SIZES",
+    "GPT_CPU",
     "FeedForward",
     "GPTConfig",
     "GPTModel",
@@ -65,6 +67,19 @@ GPT2_124M = GPTConfig(
     tie_weights=True,
 )
 
+# The course's CPU setting for Tiny Shakespeare with the chapter-1 BPE (chapters 7-9, bench/):
+# tuned so that 180 s of training on a 2-core CPU beats nanoGPT's character-level baby GPT.
+GPT_CPU = GPTConfig(
+    vocab_size=1_024,
+    context_length=128,
+    emb_dim=192,
+    n_heads=6,
+    n_layers=6,
+    drop_rate=0.0,
+    qkv_bias=False,
+    tie_weights=False,
+)
+
 # The four released GPT-2 sizes: (emb_dim, n_layers, n_heads); everything else as GPT2_124M.
 GPT2_SIZES: dict[str, tuple[int, int, int]] = {
     "124M": (768, 12, 12),
@@ -75,10 +90,12 @@ GPT2_SIZES: dict[str, tuple[int, int, int]] = {
 
 
 class LayerNorm(nn.Module):
-    """Normalise each token's features to mean 0 and variance 1, then scale and shift.
+    """Normalise each token's features to mean 0 and variance 1, then scale and shift:
 
-    The variance is the biased one (divide by ``emb_dim``), as in GPT-2 and ``nn.LayerNorm``; the
-    learned scale and shift are called ``weight`` and ``bias`` as in ``nn.LayerNorm``.
+        (x - mean(x)) / sqrt(var(x) + eps) * weight + bias
+
+    with the biased variance (divide by ``emb_dim``), as in GPT-2 and ``nn.LayerNorm``; the learned
+    scale and shift are called ``weight`` and ``bias`` as in ``nn.LayerNorm``.
     """
 
     def __init__(self, emb_dim: int, eps: float = 1e-5):
@@ -88,16 +105,18 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x: Float[Tensor, "*batch emb_dim={self.emb_dim}"]) -> Float[Tensor, "*batch emb_dim"]:
-        mean = x.mean(dim=-1, keepdim=True)
-        var = x.var(dim=-1, keepdim=True, unbiased=False)
-        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+        # Fast path: PyTorch's fused kernel computes exactly the formula above; measured 8x faster
+        # (forward + backward) than writing it out. Chapter 6 derives it and checks they agree.
+        return F.layer_norm(x, (self.emb_dim,), self.weight, self.bias, self.eps)
 
 
 class GELU(nn.Module):
     """GELU with GPT-2's tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
 
     def forward(self, x: Float[Tensor, "*shape"]) -> Float[Tensor, "*shape"]:
-        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+        # Fast path: the fused kernel for exactly this formula; measured 3x faster (forward +
+        # backward) than the seven element-wise operations written out. Chapter 6 checks they agree.
+        return F.gelu(x, approximate="tanh")
 
 
 class FeedForward(nn.Module):

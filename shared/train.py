@@ -117,6 +117,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (switches shape checks off)
     seed: int = 123
     time_limit_s: float | None = None  # stop after the step that crosses this wall-clock limit
+    stop_at_step: int | None = None  # pause after this step (the schedule still runs to max_steps)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -231,7 +232,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
             if ours.get(key) != theirs.get(key)
         ]
         raise CheckpointMismatchError(
-            f"{path} was saved from a different model: "
+            f"{Path(path).name} was saved from a different model: "
             + "; ".join(differences)
             + ". Build the model with the checkpoint's config (read_checkpoint(path)['model_config'])."
         )
@@ -263,7 +264,9 @@ def train(
       ``sample_prompt``, and a checkpoint if ``checkpoint_path`` is set.
     - ``resume=True`` continues from ``checkpoint_path`` (model, optimizer, step, RNG states, data
       position, history): the losses are exactly those of an uninterrupted run on the CPU.
-    - Ctrl-C (KeyboardInterrupt) saves a checkpoint of the last completed step and returns.
+    - Ctrl-C (KeyboardInterrupt) saves a checkpoint of the last completed step and returns;
+      ``stop_at_step`` or ``time_limit_s`` pause a run the same way on purpose (e.g. to fit a
+      Colab session), without changing its learning-rate schedule.
     - A NaN or infinite loss raises :class:`NonFiniteLossError`; the last good checkpoint is kept.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -349,14 +352,12 @@ def train(
                 loss = cross_entropy(forward(x), y)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
+                kept = (
+                    f" The last good checkpoint is kept at {config.checkpoint_path}." if config.checkpoint_path else ""
+                )
                 raise NonFiniteLossError(
-                    f"the loss became {loss_value} at step {step + 1}. Training stopped; "
-                    + (
-                        f"the last good checkpoint is kept at {config.checkpoint_path}. "
-                        if config.checkpoint_path
-                        else ""
-                    )
-                    + "Try a lower learning rate, a longer warmup, or gradient clipping."
+                    f"the loss became {loss_value} at step {step + 1}, so training stopped.{kept} "
+                    "Try a lower learning rate, a longer warmup, or gradient clipping."
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -370,12 +371,12 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}")
             elapsed = time.perf_counter() - start_time
-            out_of_time = config.time_limit_s is not None and elapsed >= config.time_limit_s
-            if step % config.eval_every == 0 or step == config.max_steps or out_of_time:
+            stop = (config.time_limit_s is not None and elapsed >= config.time_limit_s) or step == config.stop_at_step
+            if step % config.eval_every == 0 or step == config.max_steps or stop:
                 evaluate(elapsed, recent)
                 recent = []
                 checkpoint(committed_rng)
-            if out_of_time:
+            if stop:
                 break
     except KeyboardInterrupt:
         bar.close()

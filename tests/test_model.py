@@ -1,3 +1,4 @@
+import math
 from dataclasses import replace
 
 import pytest
@@ -185,14 +186,23 @@ def test_initialisation_follows_gpt2():
     assert torch.all(model.blocks[0].ff.expand.bias == 0) and torch.all(model.final_norm.weight == 1)
 
 
-def test_layer_norm_equals_pytorch():
+def test_layer_norm_equals_its_formula_and_pytorch():
     ours, ref = LayerNorm(16), torch.nn.LayerNorm(16)
     with torch.no_grad():
         ref.weight.normal_()
         ref.bias.normal_()
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(4, 7, 16) * 3 + 1
+    formula = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + 1e-5)
+    torch.testing.assert_close(ours(x), formula * ref.weight + ref.bias)
     torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_gelu_is_the_tanh_approximation():
+    x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
+    formula = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    torch.testing.assert_close(model_module.GELU()(x), formula, atol=1e-12, rtol=0)
+    assert (model_module.GELU()(x) - torch.nn.functional.gelu(x)).abs().max() > 1e-4  # not the exact GELU
 
 
 # -- properties of the whole model -------------------------------------------------------------

@@ -112,6 +112,18 @@ def test_resuming_an_interrupted_run_gives_exactly_the_uninterrupted_losses(tmp_
     assert [e["val_loss"] for e in resumed.evals] == [e["val_loss"] for e in uninterrupted.evals]
 
 
+def test_a_paused_run_resumes_to_the_same_losses(tmp_path):
+    config = TrainConfig(
+        max_steps=16, lr=2e-3, warmup_steps=4, eval_every=8, progress=False, checkpoint_path=str(tmp_path / "run.pt")
+    )
+    train_loader, val_loader = loaders()
+    uninterrupted = train(fresh_model(), train_loader, val_loader, replace(config, checkpoint_path=None))
+    paused = train(fresh_model(), loaders()[0], val_loader, replace(config, stop_at_step=11))
+    assert len(paused.step_losses) == 11 and read_checkpoint(tmp_path / "run.pt")["step"] == 11
+    resumed = train(fresh_model(), loaders()[0], val_loader, config, resume=True)
+    assert resumed.step_losses == uninterrupted.step_losses
+
+
 def test_a_checkpoint_from_another_config_is_refused_naming_the_difference(tmp_path):
     path = tmp_path / "a.pt"
     save_checkpoint(path, fresh_model(), step=0)
@@ -145,7 +157,9 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
     model = ExplodingModel(TINY, explode_at=8)
     train_loader, val_loader = loaders()
     config = TrainConfig(max_steps=20, eval_every=3, progress=False, checkpoint_path=str(tmp_path / "run.pt"))
-    with pytest.raises(NonFiniteLossError, match=r"at step 8\..*last good checkpoint is kept") as info:
+    with pytest.raises(
+        NonFiniteLossError, match=r"at step 8, so training stopped\. The last good checkpoint is kept"
+    ) as info:
         train(model, train_loader, val_loader, config)
     assert str(tmp_path / "run.pt") in str(info.value)
     state = read_checkpoint(tmp_path / "run.pt")
