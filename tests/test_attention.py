@@ -166,6 +166,23 @@ def test_cached_incremental_attention_equals_full_attention(use_sdpa, chunks):
     torch.testing.assert_close(torch.cat(outputs, dim=1), module(x), atol=ATOL, rtol=0)
 
 
+def test_kv_cache_grows_its_buffer_and_keeps_every_position():
+    module = make_mha(context=80).eval()
+    x = torch.randn(2, 70, 12)
+    cache, outputs = LayerKVCache(), []
+    capacities = set()
+    for start in range(0, 70, 7):  # 10 appends of 7 positions: the buffer must grow twice or more
+        outputs.append(module(x[:, start : start + 7], cache))
+        capacities.add(cache._keys.shape[-2])
+        assert cache.keys.shape == (2, 3, start + 7, 4) and cache.values.shape == (2, 3, start + 7, 4)
+    assert len(capacities) >= 3 and cache.seq_len == 70
+    torch.testing.assert_close(torch.cat(outputs, dim=1), module(x), atol=ATOL, rtol=0)
+    full = LayerKVCache()
+    module(x, full)
+    torch.testing.assert_close(cache.keys, full.keys, atol=ATOL, rtol=0)
+    torch.testing.assert_close(cache.values, full.values, atol=ATOL, rtol=0)
+
+
 def test_dropout_changes_training_outputs_but_not_evaluation_outputs():
     with_dropout = make_mha(dropout=0.5)
     without = make_mha(dropout=0.0)  # same seed, same weights
