@@ -8,11 +8,20 @@ from typing import Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 
 from shared.attention import KVCache
 
-__all__ = ["CausalLM", "generate", "generate_text", "sample_next", "top_k_filter", "top_p_filter", "trim_at_eos"]
+__all__ = [
+    "CausalLM",
+    "generate",
+    "generate_text",
+    "sample_next",
+    "set_decode_layout",
+    "top_k_filter",
+    "top_p_filter",
+    "trim_at_eos",
+]
 
 
 @runtime_checkable
@@ -159,3 +168,29 @@ def generate_text(model: CausalLM, tokenizer, prompt: str, max_new_tokens: int, 
     eos_id = kwargs.get("eos_id")
     tokens = trim_at_eos(out, eos_id, start=ids.shape[1])[0] if eos_id is not None else out[0].tolist()
     return tokenizer.decode(tokens)
+
+
+def set_decode_layout(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Store every ``nn.Linear`` weight of ``model`` column-major (``enabled``) or row-major again.
+
+    Values, shapes, parameters and tied weights stay as they are; only the memory order changes.
+    A ``Linear`` computes ``x @ weight.T``. Decoding one token makes ``x`` a single row, so each
+    product is a matrix-vector product that reads the whole weight from memory; MKL's kernel for
+    it on a CPU is faster when ``weight.T`` is the contiguous one (the (in, out) layout of
+    Hugging Face GPT-2's ``Conv1D``). ``bench/generate_speed.py`` measures the gain on a
+    124M-shaped GPT-2. It is meant for generation on a CPU: training and GPUs gain nothing from
+    it, and ``safetensors`` refuses to save non-contiguous tensors, so switch it off before
+    saving that way (``torch.save`` and ``load_state_dict`` keep working either way).
+    """
+    seen: set[int] = set()
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, nn.Linear) or id(module.weight) in seen:
+                continue
+            seen.add(id(module.weight))  # a tied weight (head = token embedding) is moved once
+            weight = module.weight
+            if enabled and not weight.t().is_contiguous():
+                weight.data = weight.data.t().contiguous().t()
+            elif not enabled and not weight.is_contiguous():
+                weight.data = weight.data.contiguous()
+    return model

@@ -7,7 +7,16 @@ from hypothesis import strategies as st
 from torch import nn
 
 from shared.attention import KVCache
-from shared.generate import generate, generate_text, sample_next, top_k_filter, top_p_filter, trim_at_eos
+from shared.generate import (
+    generate,
+    generate_text,
+    sample_next,
+    set_decode_layout,
+    top_k_filter,
+    top_p_filter,
+    trim_at_eos,
+)
+from shared.llama import LlamaConfig, LlamaModel
 from shared.model import GPTConfig, GPTModel
 from shared.weights import load_gpt2_from_hf
 
@@ -161,3 +170,45 @@ class CharTokenizer:
 def test_generate_text_round_trips_through_a_tokenizer():
     text = generate_text(CountingModel(26), CharTokenizer(), "abc", 4)
     assert text == "abcdefg"
+
+
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_decode_layout_moves_memory_only_and_generates_the_same_tokens(family):
+    torch.manual_seed(3)
+    if family == "gpt":
+        model = GPTModel(replace(SMALL, tie_weights=True)).double().eval()
+    else:
+        config = LlamaConfig(
+            vocab_size=101, context_length=32, emb_dim=32, n_heads=4, n_layers=2, hidden_dim=96, n_kv_heads=2
+        )
+        model = LlamaModel(config).double().eval()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) > 4
+    values = {name: t.clone() for name, t in model.state_dict().items()}
+    logits = model(PROMPTS)
+    tokens = generate(model, PROMPTS, 20)
+    sampled = generate(model, PROMPTS, 20, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    n_params = len(list(model.parameters()))
+
+    assert set_decode_layout(model) is model
+    for m in linears:
+        assert m.weight.t().is_contiguous() and not m.weight.is_contiguous()
+    if family == "gpt":  # still one tensor: the token embedding reads the head's new layout
+        assert model.out_head.weight is model.embed.tok.weight
+    assert len(list(model.parameters())) == n_params
+    assert all(torch.equal(t, values[name]) for name, t in model.state_dict().items())
+    torch.testing.assert_close(model(PROMPTS), logits, rtol=1e-12, atol=1e-12)
+    assert torch.equal(generate(model, PROMPTS, 20), tokens)
+    assert torch.equal(
+        generate(model, PROMPTS, 20, temperature=1.0, generator=torch.Generator().manual_seed(5)), sampled
+    )
+    set_decode_layout(model)  # idempotent
+    assert all(m.weight.t().is_contiguous() for m in linears)
+
+    # load_state_dict copies values into the decode layout rather than replacing it
+    model.load_state_dict(values)
+    assert all(m.weight.t().is_contiguous() for m in linears)
+
+    set_decode_layout(model, enabled=False)
+    assert all(m.weight.is_contiguous() for m in linears)
+    assert all(torch.equal(t, values[name]) for name, t in model.state_dict().items())
