@@ -178,9 +178,10 @@ def set_decode_layout(model: nn.Module, enabled: bool = True) -> nn.Module:
     product is a matrix-vector product that reads the whole weight from memory; MKL's kernel for
     it on a CPU is faster when ``weight.T`` is the contiguous one (the (in, out) layout of
     Hugging Face GPT-2's ``Conv1D``). ``bench/generate_speed.py`` measures the gain on a
-    124M-shaped GPT-2. It is meant for generation on a CPU: training and GPUs gain nothing from
-    it, and ``safetensors`` refuses to save non-contiguous tensors, so switch it off before
-    saving that way (``torch.save`` and ``load_state_dict`` keep working either way).
+    124M-shaped GPT-2. Use it for generation on a CPU, where it was measured (small models whose
+    weights fit in the processor's cache gain nothing). ``safetensors`` refuses to save
+    non-contiguous tensors, so switch it off before saving that way (``torch.save`` and
+    ``load_state_dict`` keep working either way).
     """
     seen: set[int] = set()
     with torch.no_grad():
