@@ -334,7 +334,10 @@ def train(
     model.train()
     recent: list[float] = []
     start_time = time.perf_counter() - (history.evals[-1]["elapsed_s"] if history.evals else 0.0)
-    bar = tqdm(total=config.max_steps, initial=step, disable=not config.progress, desc="training", unit="step")
+    # mininterval: one refresh a second keeps a notebook's stored output short (tqdm's default is 10/s)
+    bar = tqdm(
+        total=config.max_steps, initial=step, disable=not config.progress, desc="training", unit="step", mininterval=1.0
+    )
     committed_rng = _rng_state()  # the RNG state right after the last completed step
     try:
         while step < config.max_steps:
@@ -369,7 +372,7 @@ def train(
             history.step_losses.append(loss_value)
             recent.append(loss_value)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)  # shown at the next refresh
             elapsed = time.perf_counter() - start_time
             stop = (config.time_limit_s is not None and elapsed >= config.time_limit_s) or step == config.stop_at_step
             if step % config.eval_every == 0 or step == config.max_steps or stop:

@@ -25,7 +25,7 @@ from shared.llama import (
 from shared.train import TrainConfig, train
 
 SMALL = LlamaConfig(vocab_size=103, context_length=64, emb_dim=64, n_heads=4, n_layers=2, hidden_dim=176)
-GQA = replace(SMALL, n_kv_heads=2)
+GQA = replace(SMALL, n_kv_heads=2, rope_theta=500_000.0)  # a non-default theta must reach HF too
 IDS = torch.randint(0, 103, (3, 40), generator=torch.Generator().manual_seed(42))
 
 
@@ -41,7 +41,7 @@ def hf_llama(config: LlamaConfig, seed: int = 0) -> LlamaForCausalLM:
         num_key_value_heads=config.kv_heads,
         max_position_embeddings=config.context_length,
         rms_norm_eps=config.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        rope_theta=config.rope_theta,  # transformers 4 and 5 both accept it
         tie_word_embeddings=config.tie_weights,
         bos_token_id=None,
         eos_token_id=None,
