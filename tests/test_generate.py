@@ -21,6 +21,7 @@ from shared.model import GPTConfig, GPTModel
 from shared.weights import load_gpt2_from_hf
 
 from .test_model import SMALL, hf_gpt2
+from .test_train import CharTokenizer
 
 PROMPTS = torch.randint(0, 101, (3, 5), generator=torch.Generator().manual_seed(7))
 
@@ -157,14 +158,6 @@ def test_generation_restores_training_mode_and_crops_long_prompts():
     model.train()
     out = generate(model, torch.randint(0, 50, (2, 20)), 4)  # a 20-token prompt, 8-token context
     assert out.shape == (2, 24) and model.training
-
-
-class CharTokenizer:
-    def encode(self, text):
-        return [ord(c) - 97 for c in text]
-
-    def decode(self, ids):
-        return "".join(chr(i + 97) for i in ids)
 
 
 def test_generate_text_round_trips_through_a_tokenizer():

@@ -186,6 +186,8 @@ def test_history_records_tokens_seen_and_both_losses():
 
 
 class CharTokenizer:
+    """Lowercase letters as ids 0..25 (also used by test_generate)."""
+
     def encode(self, text):
         return [ord(c) - 97 for c in text]
 
