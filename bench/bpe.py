@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from shared.data import gpt2_bpe_files, tiny_shakespeare
+from shared.corpus import tiny_shakespeare
+from shared.files import gpt2_bpe_files
 from shared.shapes import set_shape_checks
 from shared.tokenizer import BPETokenizer, gpt2_encoding
 

@@ -24,12 +24,12 @@ import time
 
 import torch
 
-from shared.data import create_dataloader, tiny_shakespeare, train_val_split
+from shared.corpus import shakespeare_bpe, tiny_shakespeare
+from shared.datasets import create_dataloader, train_val_split
 from shared.llama import LlamaConfig, LlamaModel, swiglu_hidden_dim
 from shared.model import GPT_CPU, GPTConfig, GPTModel
 from shared.runtime import seed_everything
 from shared.shapes import set_shape_checks
-from shared.tokenizer import shakespeare_bpe
 from shared.train import TrainConfig, bits_per_character, cross_entropy, train
 
 EVAL_BATCHES = 10  # validation batches per evaluation during training

@@ -26,7 +26,13 @@ def sinusoidal_positions(n_positions: int, emb_dim: int, base: float = 10_000.0)
 
 
 def check_token_ids(idx: Int[Tensor, "batch seq"], vocab_size: int) -> None:
-    """Refuse ids outside ``0 .. vocab_size - 1`` with a message (not a CUDA assert later)."""
+    """Refuse ids outside ``0 .. vocab_size - 1`` with a message (not a CUDA assert later).
+
+    Models call it once, at their entry. Reading the smallest and largest id makes a GPU wait for
+    them (a device-to-host sync) and would break a ``torch.compile`` graph, so compiled code skips it.
+    """
+    if torch.compiler.is_compiling():
+        return
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab_size):
         bad = idx[(idx < 0) | (idx >= vocab_size)]
         raise ValueError(

@@ -4,6 +4,7 @@ Works with any model that maps token ids (batch, seq) to logits (batch, seq, voc
 ``context_length`` and can make a cache with ``new_cache()`` (``GPTModel`` and ``LlamaModel``).
 """
 
+from contextlib import nullcontext
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -11,6 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from shared.attention import KVCache
+from shared.runtime import eval_mode
 
 __all__ = [
     "CausalLM",
@@ -119,10 +121,7 @@ def generate(
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     context = model.context_length
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    try:
+    with eval_mode(model) if isinstance(model, nn.Module) else nullcontext():
         out = idx
         finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         cache: KVCache | None = None
@@ -143,9 +142,6 @@ def generate(
             if eos_id is not None and bool(finished.all()):
                 break
         return out
-    finally:
-        if was_training:
-            model.train()
 
 
 def trim_at_eos(ids: Int[Tensor, "batch seq"], eos_id: int, start: int = 0) -> list[list[int]]:

@@ -1,13 +1,17 @@
 """Run-time set-up shared by the notebooks, the training loop and the benchmarks."""
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
+from torch import nn
 
 from shared.shapes import shape_checks_enabled
 
 __all__ = [
+    "eval_mode",
     "pick_device",
     "seed_everything",
     "setup_notebook",
@@ -52,3 +56,14 @@ def setup_notebook(seed: int = 123) -> torch.device:
     checks = "on" if shape_checks_enabled() else "off (JAXTYPING_DISABLE is set)"
     print(f"device: {device.type} | shape checks: {checks} | seed: {seed}")
     return device
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with ``model`` in eval mode (dropout off), then restore the mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

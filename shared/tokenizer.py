@@ -1,7 +1,6 @@
 """Tokenizers: a word-level one, GPT-2's BPE through tiktoken (offline), and byte-level BPE from scratch."""
 
 import functools
-import hashlib
 import heapq
 import json
 import re
@@ -15,7 +14,7 @@ import regex
 import tiktoken
 import tiktoken.load
 
-from shared.data import data_dir, gpt2_bpe_files, tiny_shakespeare, train_val_split
+from shared.files import gpt2_bpe_files
 
 __all__ = [
     "ENDOFTEXT",
@@ -26,7 +25,6 @@ __all__ = [
     "WordTokenizer",
     "gpt2_bytes_to_unicode",
     "gpt2_encoding",
-    "shakespeare_bpe",
     "split_words",
 ]
 
@@ -388,25 +386,3 @@ class BPETokenizer:
     def __repr__(self) -> str:
         specials = list(self.special_tokens)
         return f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, special_tokens={specials})"
-
-
-def shakespeare_bpe(vocab_size: int = 1024) -> BPETokenizer:
-    """A BPE tokenizer trained on the *training* 90% of Tiny Shakespeare, cached in ``data/``.
-
-    Training it takes a few seconds; the result is saved the first time and loaded after that.
-    The validation 10% is never seen, so validation scores stay honest.
-    """
-    train_text, _ = train_val_split(tiny_shakespeare())
-    text_hash = hashlib.sha256(train_text.encode("utf-8")).hexdigest()[:16]
-    path = data_dir() / f"bpe_shakespeare_{vocab_size}_{text_hash}.json"
-    if path.exists():
-        try:
-            return BPETokenizer.load(path)
-        except (ValueError, KeyError, json.JSONDecodeError):
-            path.unlink()  # a damaged cache: train again
-    tokenizer = BPETokenizer.train(train_text, vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    tokenizer.save(tmp)
-    tmp.replace(path)
-    return tokenizer

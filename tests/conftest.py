@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests that need the public data files get them through shared.data, so they
+"""Shared fixtures. Tests that need the public data files get them through shared.files, so they
 run offline when LLM_DATA_MIRROR points at a mirror (CI sets it to ../shared/data)."""
 
 import hashlib
@@ -11,7 +11,7 @@ import tiktoken.registry
 import torch
 from hypothesis import HealthCheck, settings
 
-from shared.data import FILES, gpt2_bpe_files
+from shared.files import FILES, gpt2_bpe_files
 
 # One profile everywhere: no per-example deadline (the first call of a checked function compiles
 # its checker), derandomized so CI failures reproduce.

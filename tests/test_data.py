@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-import shared.data as data
-from shared.data import ChecksumMismatchError, DataFile, DataUnavailableError, fetch, train_val_split
+import shared.files as data
+from shared.corpus import tiny_shakespeare
+from shared.datasets import train_val_split
+from shared.files import ChecksumMismatchError, DataFile, DataUnavailableError, fetch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,7 +21,7 @@ def test_checksums_file_lists_the_same_sums_as_the_code():
 
 
 def test_tiny_shakespeare_is_the_known_text():
-    text = data.tiny_shakespeare()
+    text = tiny_shakespeare()
     assert len(text) == 1_115_394
     assert text.startswith("First Citizen:\nBefore we proceed any further, hear me speak.")
 

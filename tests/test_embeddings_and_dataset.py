@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.data import NextTokenDataset, ResumableSampler, create_dataloader
+from shared.datasets import NextTokenDataset, ResumableSampler, create_dataloader
 from shared.embeddings import TokenPositionEmbedding, sinusoidal_positions
 
 # -- sinusoidal positions ----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM
 
 from shared.attention import attend, causal_mask
-from shared.data import create_dataloader
+from shared.datasets import create_dataloader
 from shared.generate import generate
 from shared.llama import (
     LlamaAttention,

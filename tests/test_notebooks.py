@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))
+ALL_NOTEBOOKS = NOTEBOOKS + SOLUTIONS
 CHAPTERS = [
     "01_tokenization",
     "02_embeddings",
@@ -23,6 +25,7 @@ CHAPTERS = [
     "07_training",
     "08_generation",
     "09_llama",
+    "10_scaling_out",
 ]
 
 
@@ -38,9 +41,11 @@ def test_every_notebook_is_a_known_chapter():
     names = [p.stem for p in NOTEBOOKS]
     assert names, "no notebooks found"
     assert set(names) <= set(CHAPTERS), f"unexpected notebooks: {set(names) - set(CHAPTERS)}"
+    solutions = {p.stem for p in SOLUTIONS}
+    assert solutions <= set(CHAPTERS), f"solutions for no chapter: {solutions - set(CHAPTERS)}"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT / "notebooks")))
 def test_notebook_was_executed_top_to_bottom_without_stored_errors(path):
     cells = code_cells(load(path))
     counts = [c["execution_count"] for c in cells]
@@ -57,7 +62,7 @@ def test_notebook_was_executed_top_to_bottom_without_stored_errors(path):
                 )
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT / "notebooks")))
 def test_outputs_are_reproducible_text(path):
     for c in code_cells(load(path)):
         for out in c.get("outputs", []):
@@ -77,8 +82,8 @@ def test_outputs_are_reproducible_text(path):
 
 def test_every_notebook_opens_with_the_same_setup_cell_and_the_repository_url():
     url = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
-    first_cells = {p.name: "".join(code_cells(load(p))[0]["source"]) for p in NOTEBOOKS}
-    reference = first_cells[NOTEBOOKS[0].name]
+    first_cells = {str(p): "".join(code_cells(load(p))[0]["source"]) for p in ALL_NOTEBOOKS}
+    reference = first_cells[str(NOTEBOOKS[0])]
     assert f'REPO_URL = "{url}"' in reference
     assert "setup_notebook(" in reference and "google.colab" in reference
     for name, source in first_cells.items():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from jaxtyping import TypeCheckError
 
-from shared.data import NextTokenDataset
+from shared.datasets import NextTokenDataset
 from shared.shapes import ShapeError, set_shape_checks, shape_checks, shape_checks_enabled, strict_matmul
 
 

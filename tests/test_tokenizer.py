@@ -7,7 +7,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.data import create_dataloader, gpt2_bpe_files, tiny_shakespeare, train_val_split
+from shared.corpus import tiny_shakespeare
+from shared.datasets import create_dataloader, train_val_split
+from shared.files import gpt2_bpe_files
 from shared.tokenizer import (
     ENDOFTEXT,
     GPT2_PATTERN,
@@ -16,7 +18,6 @@ from shared.tokenizer import (
     UnknownTokenError,
     WordTokenizer,
     gpt2_encoding,
-    shakespeare_bpe,
     split_words,
 )
 
@@ -216,20 +217,6 @@ def test_save_and_load_give_the_same_tokenizer(small_bpe, tmp_path):
     text = tiny_shakespeare()[50_000:60_000] + ENDOFTEXT
     assert loaded.encode(text) == small_bpe.encode(text)
     assert loaded.merges == small_bpe.merges and loaded.special_tokens == small_bpe.special_tokens
-
-
-def test_shakespeare_bpe_trains_once_on_the_training_split_then_loads(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLM_DATA_DIR", str(tmp_path))  # an empty data dir: text comes from the mirror
-    first = shakespeare_bpe(300)
-    assert first.vocab_size == 300 and len(list(tmp_path.glob("bpe_shakespeare_300_*.json"))) == 1
-    train_text, _ = train_val_split(tiny_shakespeare())
-    assert first.merges == BPETokenizer.train(train_text, 300).merges
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("shakespeare_bpe trained again instead of loading its cached copy")
-
-    monkeypatch.setattr(BPETokenizer, "train", no_training)
-    assert shakespeare_bpe(300).merges == first.merges
 
 
 def test_a_trained_tokenizer_feeds_a_dataloader(small_bpe):

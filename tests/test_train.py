@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from shared.data import create_dataloader
+from shared.datasets import create_dataloader
 from shared.model import GPTConfig, GPTModel
 from shared.train import (
     CheckpointMismatchError,

@@ -1,0 +1,132 @@
+"""Self-checking exercises: every chapter's checkers, and :func:`check`, which runs one and says how it went.
+
+A chapter's exercise gives the learner a stub (a function that raises ``NotImplementedError``, or
+a prediction left as ``...``) and a check cell: ``check("6.2", my_answer)``. The checker tests the
+answer against the canonical code in ``shared`` or against a property, and prints one line:
+
+- ``Exercise 6.2: passed.`` (and what was checked);
+- ``Exercise 6.2: not attempted yet.`` for the stub as committed;
+- ``Exercise 6.2: not yet. <what was wrong, and a hint>`` for a wrong answer, never a traceback.
+
+Checkers live in one module per chapter (``shared.exercises.ch06``) and register themselves
+with :func:`exercise`. The solutions are in ``notebooks/solutions/``.
+"""
+
+import importlib
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["NotYet", "Result", "check", "exercise", "expect", "registered"]
+
+_CHAPTER_MODULES = ["ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07", "ch08", "ch09"]
+
+
+class NotYet(Exception):  # noqa: N818 (a verdict, not an error: checkers raise it for a wrong answer)
+    """Raised by a checker when the answer is wrong; its message says what and gives a hint."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """How an answer fared: ``status`` is ``"passed"``, ``"not yet"`` or ``"not attempted"``."""
+
+    exercise: str
+    status: str
+    message: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def __str__(self) -> str:
+        text = f"Exercise {self.exercise}: {self.status}"
+        text += "." if self.status != "not attempted" else " yet."
+        return f"{text} {self.message}".rstrip()
+
+
+@dataclass(frozen=True)
+class _Exercise:
+    number: str
+    title: str
+    checker: Callable[[object], str | None]
+
+
+_REGISTRY: dict[str, _Exercise] = {}
+
+
+def exercise(number: str, title: str) -> Callable:
+    """Register the decorated function as the checker of exercise ``number`` (e.g. ``"6.2"``).
+
+    The checker receives the learner's answer. It returns nothing (or a sentence saying what
+    passed), or raises :class:`NotYet` with what was wrong and a hint.
+    """
+
+    def register(checker: Callable[[object], str | None]) -> Callable[[object], str | None]:
+        if number in _REGISTRY:
+            raise ValueError(f"exercise {number} is registered twice")
+        _REGISTRY[number] = _Exercise(number, title, checker)
+        return checker
+
+    return register
+
+
+def expect(condition: bool, hint: str) -> None:
+    """Inside a checker: if ``condition`` is false, the answer is wrong; ``hint`` says why."""
+    if not condition:
+        raise NotYet(hint)
+
+
+def _not_attempted(answer: object) -> bool:
+    return answer is ... or answer is None
+
+
+def _load_all() -> None:
+    for name in _CHAPTER_MODULES:
+        try:
+            importlib.import_module(f"shared.exercises.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"shared.exercises.{name}":
+                raise
+
+
+def registered() -> dict[str, str]:
+    """Every exercise's number and title, in order."""
+    _load_all()
+    key = lambda n: tuple(int(part) for part in n.split("."))  # noqa: E731
+    return {n: _REGISTRY[n].title for n in sorted(_REGISTRY, key=key)}
+
+
+def check(number: str, answer: object, *, quiet: bool = False) -> Result:
+    """Check ``answer`` to exercise ``number``; print the verdict (unless ``quiet``) and return it.
+
+    A wrong answer, or one that raises, is reported as "not yet" with a hint, never as a
+    traceback. A stub (``...``, ``None``, or a function that raises ``NotImplementedError``) is
+    "not attempted".
+    """
+    _load_all()
+    if number not in _REGISTRY:
+        raise KeyError(f"there is no exercise {number}; the exercises are {list(registered())}")
+    if _not_attempted(answer):
+        result = Result(number, "not attempted", "Replace the ... with your answer, then run this cell again.")
+    else:
+        try:
+            said = _REGISTRY[number].checker(answer)
+        except NotImplementedError:
+            result = Result(number, "not attempted",
+                            "Replace the `raise NotImplementedError` with your code, then run this cell again.")
+        except NotYet as e:
+            result = Result(number, "not yet", str(e))
+        except Exception as e:  # the learner's code raised: say where, briefly
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            result = Result(number, "not yet",
+                            f"Your code raised {type(e).__name__}: {first_line} (line {where.lineno} of "
+                            f"{where.name}). Fix it and run this cell again.")
+        else:
+            result = Result(number, "passed", said or "")
+    if not quiet:
+        print(result)
+    return result
+
+
+_load_all()  # register every chapter's checkers (under the package's shape-checking import hook)

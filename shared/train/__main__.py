@@ -1,0 +1,193 @@
+"""Train a GPT or a Llama-style model from the command line, in one process or several.
+
+    python -m shared.train --setting cpu --steps 300 --out runs/cpu
+    torchrun --nproc_per_node 2 -m shared.train --setting cpu --out runs/ddp   # data parallel
+
+The run is the same loop the notebooks call (``shared.train.train``) with the same named settings
+(``shared.settings``). It writes to ``--out``: ``checkpoint.pt`` (at every evaluation; resume with
+``--resume``), ``history.json`` (every step's loss, every evaluation, and the final bits per
+character) and ``loss.png`` (the curves). Under torchrun, every process learns from its share of
+each global batch, gradients are averaged (DistributedDataParallel: gloo on the CPU, nccl on
+CUDA), and only rank 0 prints and writes files: the losses are those of one process.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from shared.corpus import read_text_file, text_bpe, tiny_shakespeare
+from shared.datasets import create_dataloader, train_val_split
+from shared.llama import LlamaModel
+from shared.model import GPTModel, count_parameters
+from shared.runtime import pick_device
+from shared.settings import llama_like, pick_setting
+from shared.shapes import shape_checks
+from shared.train.checkpoint import CheckpointMismatchError
+from shared.train.distributed import barrier, init_distributed, shutdown_distributed
+from shared.train.loop import PRECISIONS, bits_per_character, train
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--setting", choices=["cpu", "gpu"], default=None,
+                      help="named sizes and schedule from shared.settings (default: $BUILD_A_GPT_SETTING, else gpu "
+                           "on a CUDA device and cpu otherwise); the options below override single fields")
+    what.add_argument("--model", choices=["gpt", "llama"], default="gpt",
+                      help="GPTModel, or LlamaModel with the same sizes (RMSNorm, RoPE, SwiGLU) (default: gpt)")
+    what.add_argument("--data", type=Path, default=None,
+                      help="a UTF-8 text file to train on: its first 90%% trains (and trains the BPE tokenizer), the "
+                           "last 10%% validates (default: Tiny Shakespeare)")
+    sizes = parser.add_argument_group("model sizes (default: the setting's)")
+    sizes.add_argument("--vocab", type=int, help="BPE vocabulary size, trained on the training text")
+    sizes.add_argument("--context", type=int, help="context length in tokens")
+    sizes.add_argument("--emb", type=int, help="embedding width (emb_dim)")
+    sizes.add_argument("--heads", type=int, help="attention heads")
+    sizes.add_argument("--layers", type=int, help="transformer blocks")
+    sizes.add_argument("--kv-heads", type=int, help="key/value heads, fewer than --heads for grouped-query "
+                                                     "attention (llama only)")
+    sizes.add_argument("--dropout", type=float, help="dropout rate")
+    run = parser.add_argument_group("training (default: the setting's)")
+    run.add_argument("--steps", type=int, help="optimizer steps (the learning-rate schedule ends there)")
+    run.add_argument("--batch-size", type=int,
+                     help="the GLOBAL batch, in windows per step: split equally among the processes")
+    run.add_argument("--micro-batch-size", type=int,
+                     help="windows per forward pass in each process; gradients of several are accumulated "
+                          "(default: the process's whole share)")
+    run.add_argument("--lr", type=float, help="peak learning rate")
+    run.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine decay")
+    run.add_argument("--warmup", type=int, help="linear warmup steps")
+    run.add_argument("--weight-decay", type=float, help="AdamW weight decay (matrices only)")
+    run.add_argument("--eval-every", type=int, help="steps between evaluations (and checkpoints)")
+    run.add_argument("--eval-batches", type=int, help="validation batches per evaluation")
+    run.add_argument("--seed", type=int, help="seed of the weights, the batch order and dropout")
+    run.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 or fp16 on CUDA, fp32 elsewhere")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--device", help="cpu, cuda, mps (default: the fastest available; under torchrun on CUDA, "
+                                      "the GPU of the local rank)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=Path, default=Path("runs/train"),
+                     help="folder for checkpoint.pt, history.json and loss.png (default: runs/train)")
+    out.add_argument("--resume", action="store_true",
+                     help="continue the run saved in --out/checkpoint.pt, with the same settings")
+    out.add_argument("--stop-at-step", type=int,
+                     help="pause after this step, with a checkpoint, as if interrupted (the schedule still runs to "
+                          "--steps); continue later with --resume")
+    out.add_argument("--quiet", action="store_true", help="no progress bar and no per-evaluation lines")
+    return parser.parse_args(argv)
+
+
+def _override(obj, **changes):
+    return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device) if args.device else pick_device()
+    here = init_distributed(device.type)
+    if device.type == "cuda" and here.size > 1:
+        device = torch.device("cuda", here.local_rank)
+    try:
+        setting = pick_setting(device, args.setting)
+        text = read_text_file(args.data) if args.data else tiny_shakespeare()
+        train_text, val_text = train_val_split(text)
+        vocab = args.vocab or setting.vocab_size
+        if here.is_main:  # one process trains (and caches) the tokenizer, the others then load it
+            tokenizer = text_bpe(train_text, vocab)
+        barrier()
+        if not here.is_main:
+            tokenizer = text_bpe(train_text, vocab)
+        gpt = _override(setting.gpt, vocab_size=tokenizer.vocab_size, context_length=args.context, emb_dim=args.emb,
+                        n_heads=args.heads, n_layers=args.layers, drop_rate=args.dropout)
+        if args.model == "gpt" and args.kv_heads is not None:
+            raise ValueError("--kv-heads is for --model llama (grouped-query attention); GPTModel has none")
+        batch_size = args.batch_size or setting.batch_size
+        config = _override(setting.run, max_steps=args.steps, lr=args.lr, min_lr=args.min_lr,
+                           warmup_steps=args.warmup, weight_decay=args.weight_decay, eval_every=args.eval_every,
+                           eval_batches=args.eval_batches, seed=args.seed, precision=args.precision)
+        if args.steps is not None and args.warmup is None:
+            config = dataclasses.replace(config, warmup_steps=min(config.warmup_steps, max(0, args.steps // 10)))
+        config = dataclasses.replace(config, checkpoint_path=str(args.out / "checkpoint.pt"),
+                                     compile=args.compile or config.compile, stop_at_step=args.stop_at_step,
+                                     progress=here.is_main and not args.quiet)
+        train_ids, val_ids = tokenizer.encode(train_text), tokenizer.encode(val_text)
+        context = gpt.context_length
+        train_loader = create_dataloader(train_ids, batch_size=batch_size, context_length=context,
+                                         stride=max(1, context // 2), seed=config.seed, rank=here.rank,
+                                         world_size=here.size, micro_batch_size=args.micro_batch_size)
+        val_loader = create_dataloader(val_ids, batch_size=min(batch_size, 64), context_length=context,
+                                       shuffle=False, drop_last=False)
+        if args.resume and not Path(config.checkpoint_path).exists():
+            raise FileNotFoundError(f"--resume, but there is no {config.checkpoint_path}: start without --resume")
+    except (ValueError, FileNotFoundError) as e:
+        if here.is_main:
+            print(f"python -m shared.train: error: {e}", file=sys.stderr)
+        shutdown_distributed()
+        return 2
+
+    torch.manual_seed(config.seed)  # the same initial weights in every process
+    model = GPTModel(gpt, use_sdpa=True) if args.model == "gpt" else LlamaModel(
+        _override(llama_like(gpt), n_kv_heads=args.kv_heads), use_sdpa=True)
+    if here.is_main and not args.quiet:
+        print(f"setting {setting.name}{' (smoke)' if setting.smoke else ''} | {type(model).__name__} "
+              f"{count_parameters(model):,} parameters | {here.size} process(es) on {device} | global batch "
+              f"{batch_size} x {context} tokens | {config.max_steps} steps", flush=True)
+    start = time.perf_counter()
+    try:
+        with shape_checks(False):  # a long run: the checks cost time on every call (the tests run them)
+            history = train(model, train_loader, val_loader, config, tokenizer=tokenizer, resume=args.resume,
+                            device=device)
+    except CheckpointMismatchError as e:
+        if here.is_main:
+            print(f"python -m shared.train: error: {e}", file=sys.stderr)
+        shutdown_distributed()
+        return 2
+    seconds = time.perf_counter() - start
+    if here.is_main:
+        with shape_checks(False):
+            bpc = bits_per_character(model, tokenizer, val_text, device=device)
+        record = {
+            "step_losses": history.step_losses,
+            "evals": history.evals,
+            "val_bpc": bpc,
+            "seconds": seconds,
+            "processes": here.size,
+            "tokens_per_step": batch_size * context,
+            "setting": setting.name,
+            "model": type(model).__name__,
+            "model_config": model.config.to_dict(),
+            "train_config": dataclasses.asdict(config),
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "history.json").write_text(json.dumps(record, indent=1))
+        _plot(history, args.out / "loss.png", f"{type(model).__name__}, {here.size} process(es)")
+        if not args.quiet:
+            print(f"validation: {bpc:.3f} bits per character | {len(history.step_losses)} steps in {seconds:.1f} s "
+                  f"| wrote {args.out}/checkpoint.pt, history.json, loss.png")
+    shutdown_distributed()
+    return 0
+
+
+def _plot(history, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file, no window
+    import matplotlib.pyplot as plt
+
+    from shared.plotting import plot_losses
+
+    ax = plot_losses(history)
+    ax.set_title(title)
+    ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(ax.figure)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The exercises: the framework's verdicts, and the promises every chapter's exercises keep.
+
+- every ``### Exercise N.k`` heading in a chapter has a registered checker and a check cell whose
+  stored output says "not attempted yet" (the stubs as committed);
+- the chapter's solutions notebook has the same headings, and its stored outputs say "passed"
+  for each (nbval re-runs it, so a checker that stops accepting its solution fails the suite);
+- every checker rejects at least one plausible wrong answer: each ``tests/test_exercises_chNN.py``
+  module lists them in ``WRONG_ANSWERS`` (exercise number -> wrong answers), checked here.
+"""
+
+import importlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from shared.exercises import NotYet, Result, check, exercise, expect, registered
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = sorted((ROOT / "notebooks").glob("0[1-9]_*.ipynb"))
+HEADING = re.compile(r"^### Exercise (\d+\.\d+)\b", re.M)
+
+
+def cells(path: Path) -> list[dict]:
+    return json.loads(path.read_text(encoding="utf-8"))["cells"]
+
+
+def exercise_numbers(path: Path) -> list[str]:
+    return [n for c in cells(path) if c["cell_type"] == "markdown" for n in HEADING.findall("".join(c["source"]))]
+
+
+def check_outputs(path: Path) -> dict[str, str]:
+    """Exercise number -> the stored output of the cell that checks it."""
+    found = {}
+    for c in cells(path):
+        source = "".join(c["source"])
+        if c["cell_type"] != "code" or "check(" not in source:
+            continue
+        text = "".join("".join(o.get("text", "")) for o in c.get("outputs", []) if o["output_type"] == "stream")
+        for number, status in re.findall(r"Exercise (\d+\.\d+): (passed|not attempted|not yet)", text):
+            found[number] = status
+    return found
+
+
+# -- the framework ---------------------------------------------------------------------------------
+
+
+@exercise("0.1", "a test exercise: a function that doubles")
+def _check_doubling(answer):
+    expect(answer(2) == 4, "doubling 2 should give 4")
+    return "doubled 2 correctly"
+
+
+def test_check_gives_one_line_verdicts_and_never_raises_for_a_wrong_answer(capsys):
+    def stub(x):
+        raise NotImplementedError
+
+    def crashes(x):
+        return x / 0
+
+    assert check("0.1", lambda x: 2 * x).passed
+    assert capsys.readouterr().out == "Exercise 0.1: passed. doubled 2 correctly\n"
+    assert check("0.1", stub).status == check("0.1", ...).status == "not attempted"
+    wrong = check("0.1", lambda x: x + 1)
+    assert wrong.status == "not yet" and "doubling 2 should give 4" in str(wrong)
+    crashed = check("0.1", crashes, quiet=True)
+    assert crashed.status == "not yet" and "ZeroDivisionError" in crashed.message and "crashes" in crashed.message
+    assert "Traceback" not in capsys.readouterr().out
+    with pytest.raises(KeyError, match="there is no exercise 99.9"):
+        check("99.9", stub)
+    assert isinstance(wrong, Result) and issubclass(NotYet, Exception)
+
+
+# -- every chapter ---------------------------------------------------------------------------------
+
+
+def chapter_ids():
+    return [p.stem for p in CHAPTERS]
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids())
+def test_every_chapter_has_four_to_six_exercises_with_checkers_and_stubs(chapter):
+    numbers = exercise_numbers(chapter)
+    prefix = str(int(chapter.stem[:2]))
+    assert 4 <= len(numbers) <= 6, f"{chapter.name}: {len(numbers)} exercises"
+    assert numbers == [f"{prefix}.{k}" for k in range(1, len(numbers) + 1)], numbers
+    assert set(numbers) <= set(registered()), f"no checker for {set(numbers) - set(registered())}"
+    stored = check_outputs(chapter)
+    assert stored == dict.fromkeys(numbers, "not attempted"), f"{chapter.name}: stored verdicts {stored}"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids())
+def test_every_chapter_has_a_solutions_notebook_that_passes_every_check(chapter):
+    solutions = ROOT / "notebooks" / "solutions" / chapter.name
+    assert solutions.exists(), f"no solutions notebook {solutions.relative_to(ROOT)}"
+    numbers = exercise_numbers(chapter)
+    assert exercise_numbers(solutions) == numbers
+    assert check_outputs(solutions) == dict.fromkeys(numbers, "passed")
+
+
+def test_every_checker_rejects_a_plausible_wrong_answer():
+    wrong: dict[str, list] = {}
+    for path in sorted((ROOT / "tests").glob("test_exercises_ch*.py")):
+        module = importlib.import_module(f"tests.{path.stem}")
+        wrong |= module.WRONG_ANSWERS
+    numbers = [n for n in registered() if not n.startswith("0.")]
+    missing = [n for n in numbers if not wrong.get(n)]
+    assert not missing, f"no wrong answers tested for exercises {missing}"
+    for number in numbers:
+        for answer in wrong[number]:
+            result = check(number, answer, quiet=True)
+            assert result.status == "not yet", f"exercise {number} accepted a wrong answer: {result}"
