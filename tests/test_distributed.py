@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from shared.datasets import ResumableSampler, create_dataloader
 from shared.model import GPTConfig, GPTModel
-from shared.train import TrainConfig, train
 from shared.shapes import shape_checks_enabled
+from shared.train import TrainConfig, train
 from shared.train.__main__ import main, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +38,13 @@ def test_process_shards_are_disjoint_and_make_up_each_global_batch(n, per_rank, 
     assert all(len(d) == len(order) // world_size for d in drawn)  # every process takes as many steps
     for g in range(len(order) // batch):  # global batch g is the union of the processes' slices
         pieces = [d[g * per_rank : (g + 1) * per_rank] for d in drawn]
-        assert sum(pieces, []) == order[g * batch : (g + 1) * batch]
+        assert [i for piece in pieces for i in piece] == order[g * batch : (g + 1) * batch]
 
 
 def test_a_batch_the_processes_cannot_share_is_refused():
     with pytest.raises(ValueError, match="cannot be shared equally among 2 processes"):
         create_dataloader(torch.arange(500), batch_size=7, context_length=8, rank=0, world_size=2)
-    with pytest.raises(ValueError, match="micro_batch_size .* must divide"):
+    with pytest.raises(ValueError, match=r"micro_batch_size .* must divide"):
         create_dataloader(torch.arange(500), batch_size=8, context_length=8, micro_batch_size=3)
 
 

@@ -8,7 +8,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from shared.datasets import create_dataloader
+from shared.llama import LlamaModel
 from shared.model import GPTConfig, GPTModel
+from shared.settings import llama_like
+from shared.shapes import shape_checks, shape_checks_enabled
 from shared.train import (
     CheckpointMismatchError,
     NonFiniteLossError,
@@ -19,6 +22,7 @@ from shared.train import (
     load_checkpoint,
     lr_at,
     read_checkpoint,
+    resolve_precision,
     save_checkpoint,
     train,
 )
@@ -208,3 +212,80 @@ def test_bits_per_character_sums_every_predicted_token_once():
     expected = nats / 44 / math.log(2)  # 44 predicted characters
     assert bits_per_character(model, CharTokenizer(), text, batch_size=1) == pytest.approx(expected, rel=1e-5)
     assert bits_per_character(model, CharTokenizer(), text, batch_size=8) == pytest.approx(expected, rel=1e-5)
+
+
+# -- mixed precision ------------------------------------------------------------------------------
+
+
+def test_auto_precision_fits_the_device(monkeypatch):
+    assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("auto", "mps") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: not including_emulation)
+    assert resolve_precision("auto", "cuda") == "bf16"  # Ampere and later: bf16 natively
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_precision("auto", "cuda") == "fp16"  # a T4: bf16 only emulated, so fp16 with a scaler
+    assert resolve_precision("fp16", "cpu") == "fp16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(max_steps=1, precision="fp8")
+
+
+def test_bf16_autocast_trains_close_to_fp32():
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        runs[precision] = train(fresh_model(replace(TINY, drop_rate=0.0)), loaders()[0], None,
+                                TrainConfig(max_steps=30, lr=3e-3, eval_every=30, progress=False, precision=precision))
+    fp32, bf16 = runs["fp32"].step_losses, runs["bf16"].step_losses
+    assert fp32 != bf16  # autocast really ran in bfloat16
+    assert max(abs(a - b) for a, b in zip(fp32, bf16, strict=True)) < 0.05
+    assert bf16[-1] < bf16[0] - 0.1
+
+
+def test_fp16_uses_a_gradient_scaler_saved_in_checkpoints_and_resumes_exactly(tmp_path):
+    config = TrainConfig(max_steps=16, lr=2e-3, warmup_steps=4, eval_every=8, progress=False, precision="fp16",
+                         checkpoint_path=str(tmp_path / "run.pt"))
+    uninterrupted = train(fresh_model(), loaders()[0], None, replace(config, checkpoint_path=None))
+    train(fresh_model(), loaders()[0], None, replace(config, stop_at_step=5))
+    state = read_checkpoint(tmp_path / "run.pt")
+    assert state["scaler"]["scale"] > 1 and state["scaler"]["_growth_tracker"] == 5  # 5 steps without overflow
+    resumed = train(fresh_model(), loaders()[0], None, config, resume=True)
+    assert resumed.step_losses == uninterrupted.step_losses
+    assert all(math.isfinite(v) for v in resumed.step_losses)
+
+
+def test_resuming_with_other_training_settings_is_refused(tmp_path):
+    config = TrainConfig(max_steps=8, eval_every=4, progress=False, checkpoint_path=str(tmp_path / "run.pt"))
+    train(fresh_model(), loaders()[0], None, replace(config, stop_at_step=4))
+    with pytest.raises(CheckpointMismatchError, match=r"other settings: lr: checkpoint 0.001, this run 0.002"):
+        train(fresh_model(), loaders()[0], None, replace(config, lr=2e-3), resume=True)
+    with pytest.raises(CheckpointMismatchError, match=r"tokens per step: checkpoint 64, this run 128"):
+        train(fresh_model(), loaders(batch_size=8)[0], None, config, resume=True)
+    resumed = train(fresh_model(), loaders()[0], None, replace(config, eval_every=2, progress=False), resume=True)
+    assert len(resumed.step_losses) == 8  # how often it evaluates may change
+
+
+# -- torch.compile ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True])
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_the_models_compile_without_graph_breaks(family, use_sdpa):
+    model = GPTModel(TINY, use_sdpa) if family == "gpt" else LlamaModel(llama_like(TINY), use_sdpa)
+    idx = torch.randint(0, TINY.vocab_size, (2, TINY.context_length))
+    torch._dynamo.reset()
+    with shape_checks(False):  # the project's own switch: the checking wrappers cannot be traced
+        explanation = torch._dynamo.explain(model)(idx)
+    assert explanation.graph_break_count == 0, [str(b.reason)[:200] for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
+def test_training_with_compile_matches_eager(monkeypatch):
+    # Inductor's C++ code generation takes a minute on a small CPU; aot_eager traces the same graph
+    # (Dynamo and AOTAutograd) without generating code, which is what this test is about.
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="aot_eager", **kw))
+    config = TrainConfig(max_steps=6, lr=2e-3, warmup_steps=2, eval_every=6, progress=False)
+    eager = train(fresh_model(replace(TINY, drop_rate=0.0)), loaders()[0], None, config)
+    torch._dynamo.reset()
+    with shape_checks(True):
+        compiled = train(fresh_model(replace(TINY, drop_rate=0.0)), loaders()[0], None, replace(config, compile=True))
+        assert not shape_checks_enabled()  # compiling gives the checks up for the rest of the process
+    torch.testing.assert_close(compiled.step_losses, eager.step_losses, rtol=1e-4, atol=0)

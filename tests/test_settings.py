@@ -1,0 +1,48 @@
+import pytest
+
+from shared.model import GPT_CPU, GPTModel, count_parameters
+from shared.settings import GPT_GPU, SETTING_VARIABLE, SMOKE_STEPS, SMOKE_VARIABLE, llama_like, pick_setting
+
+
+def test_the_default_follows_the_device_and_the_variable_overrides_it(monkeypatch):
+    monkeypatch.delenv(SETTING_VARIABLE, raising=False)
+    monkeypatch.delenv(SMOKE_VARIABLE, raising=False)
+    assert pick_setting("cpu").name == "cpu"
+    assert pick_setting("cuda").name == "gpu"  # only the device's type is read: no GPU needed
+    monkeypatch.setenv(SETTING_VARIABLE, "GPU")
+    assert pick_setting("cpu").name == "gpu"
+    assert pick_setting("cpu", name="cpu").name == "cpu"  # an explicit name wins
+    monkeypatch.setenv(SETTING_VARIABLE, "tpu")
+    with pytest.raises(ValueError, match=r"unknown setting 'tpu' .* use 'cpu' or 'gpu'"):
+        pick_setting("cpu")
+
+
+@pytest.mark.parametrize("value, smoke", [("1", True), ("yes", True), ("0", False), ("", False)])
+def test_smoke_runs_cut_every_long_loop(monkeypatch, value, smoke):
+    monkeypatch.setenv(SMOKE_VARIABLE, value)
+    for name in ("cpu", "gpu"):
+        setting = pick_setting(name=name)
+        assert setting.smoke is smoke
+        full = pick_setting(name=name, smoke=False)
+        if smoke:
+            assert setting.run.max_steps == SMOKE_STEPS and setting.ablation_steps == SMOKE_STEPS
+            assert setting.batch_size <= 8 and setting.cap(1_000) == SMOKE_STEPS and setting.cap(2) == 2
+            assert setting.gpt == full.gpt  # the same model, only less work
+            assert setting.checkpoint_path().name == f"ch07_gpt_{name}_smoke.pt"  # never overwrites a real one
+        else:
+            assert setting == full and setting.cap(1_000) == 1_000
+            assert setting.checkpoint_path().name == f"ch07_gpt_{name}.pt"
+
+
+def test_the_settings_models_and_their_compute():
+    cpu, gpu = pick_setting(name="cpu", smoke=False), pick_setting(name="gpu", smoke=False)
+    assert cpu.gpt == GPT_CPU and gpu.gpt == GPT_GPU
+    assert cpu.tokenizer().vocab_size == cpu.gpt.vocab_size == gpu.gpt.vocab_size
+    n = count_parameters(GPTModel(gpu.gpt))
+    # nanoGPT's Shakespeare run: 6 x 10.65 M parameters x 5,000 steps x 16,384 tokens
+    assert gpu.training_flops(n) <= 6 * 10.65e6 * 5_000 * 16_384
+    assert gpu.training_flops(n) == 6 * n * gpu.run.max_steps * gpu.batch_size * gpu.gpt.context_length
+    llama = llama_like(gpu.gpt)
+    assert (llama.emb_dim, llama.n_layers, llama.n_heads, llama.context_length, llama.vocab_size) == (
+        gpu.gpt.emb_dim, gpu.gpt.n_layers, gpu.gpt.n_heads, gpu.gpt.context_length, gpu.gpt.vocab_size)
+    assert gpu.stride == gpu.gpt.context_length // 2  # training windows overlap by half
