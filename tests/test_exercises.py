@@ -67,7 +67,7 @@ def test_check_gives_one_line_verdicts_and_never_raises_for_a_wrong_answer(capsy
     crashed = check("0.1", crashes, quiet=True)
     assert crashed.status == "not yet" and "ZeroDivisionError" in crashed.message and "crashes" in crashed.message
     assert "Traceback" not in capsys.readouterr().out
-    with pytest.raises(KeyError, match="there is no exercise 99.9"):
+    with pytest.raises(KeyError, match=r"there is no exercise 99\.9"):
         check("99.9", stub)
     assert isinstance(wrong, Result) and issubclass(NotYet, Exception)
 

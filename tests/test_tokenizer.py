@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.corpus import tiny_shakespeare
-from shared.datasets import create_dataloader, train_val_split
+from shared.datasets import create_dataloader
 from shared.files import gpt2_bpe_files
 from shared.tokenizer import (
     ENDOFTEXT,
