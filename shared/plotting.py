@@ -5,9 +5,9 @@ from collections.abc import Sequence
 from jaxtyping import Float
 from torch import Tensor
 
-from shared.train import History
+from shared.train import History, TrainConfig, lr_at
 
-__all__ = ["plot_attention", "plot_losses"]
+__all__ = ["plot_attention", "plot_losses", "plot_steps"]
 
 
 def _pyplot():
@@ -57,4 +57,33 @@ def plot_losses(history: History, ax=None, label: str = "", bpc_scale: float | N
     ax.set_ylabel("bits per character" if bpc_scale is not None else "cross-entropy (nats per token)")
     ax.legend()
     ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_steps(history: History, config: TrainConfig | None = None, ax=None, smooth: int = 20):
+    """Every step's training loss, its running mean over ``smooth`` steps, the validation loss at
+    each evaluation, and (given the run's ``config``) the learning rate of every step on a second
+    y axis. Returns the loss axis; the learning-rate axis is ``ax.lr_axis``."""
+    ax = ax or _pyplot().subplots(figsize=(8, 4))[1]
+    losses = history.step_losses
+    steps = range(1, len(losses) + 1)
+    ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="training loss, every step")
+    if len(losses) >= smooth:
+        means = [sum(losses[i - smooth : i]) / smooth for i in range(smooth, len(losses) + 1)]
+        ax.plot(range(smooth, len(losses) + 1), means, color="tab:blue", label=f"mean of the last {smooth} steps")
+    if history.evals:
+        ax.plot(history.column("step"), history.column("val_loss"), "o--", color="tab:orange", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats per token)")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if config is not None:
+        lr_axis = ax.twinx()
+        lr_axis.plot(steps, [lr_at(step - 1, config) for step in steps], color="tab:green", label="learning rate")
+        lr_axis.set_ylabel("learning rate", color="tab:green")
+        lr_axis.tick_params(axis="y", colors="tab:green")
+        more_handles, more_labels = lr_axis.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+        ax.lr_axis = lr_axis
+    ax.legend(handles, labels, loc="upper right")
     return ax

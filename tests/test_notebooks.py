@@ -97,3 +97,31 @@ def test_readme_lists_every_chapter_with_a_colab_badge():
     for path in NOTEBOOKS:
         badge = f"https://colab.research.google.com/github/{repo}/blob/main/notebooks/{path.name}"
         assert badge in readme, f"README has no Open-in-Colab link for {path.name}"
+
+
+SWITCHED = [p for p in NOTEBOOKS if "pick_setting(" in p.read_text(encoding="utf-8")]
+
+
+@pytest.mark.parametrize("path", SWITCHED, ids=lambda p: p.stem)
+def test_the_gpu_setting_runs_top_to_bottom_on_the_cpu(path, monkeypatch):
+    """The GPU path, at smoke scale: every cell must run (outputs are not compared)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    assert SWITCHED, "no notebook has a setting switch"
+    monkeypatch.setenv("BUILD_A_GPT_SETTING", "gpu")
+    monkeypatch.setenv("BUILD_A_GPT_SMOKE", "1")
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    assert "gpu setting (smoke test)" in "".join(
+        "".join(o.get("text", "")) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    ).lower(), f"{path.name} did not choose the GPU setting"
+    errors = [
+        f"cell {i}: {o.ename}: {o.evalue[:300]}"
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and "NBVAL_RAISES_EXCEPTION" not in c.source
+        for o in c.get("outputs", [])
+        if o.output_type == "error"
+    ]
+    assert not errors, f"{path.name} fails with the GPU setting:\n" + "\n".join(errors)
