@@ -5,11 +5,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from shared.attention import KVCache, LayerKVCache, MultiHeadAttention, check_context
+from shared.attention import KVCache, LayerKVCache, MultiHeadAttention, attention_weights, check_context
 from shared.embeddings import TokenPositionEmbedding
+from shared.runtime import eval_mode
 
 __all__ = [
     "GELU",
@@ -203,6 +205,27 @@ class GPTModel(nn.Module):
     def new_cache(self) -> KVCache:
         """An empty KV cache with one slot per block."""
         return KVCache(self.config.n_layers)
+
+    @torch.no_grad()
+    def attention_maps(self, idx: Int[Tensor, "batch seq"]) -> Float[Tensor, "layers batch heads seq seq"]:
+        """The attention weights every head of every layer gives ``idx`` (in eval mode, no dropout):
+        entry ``[layer, b, head, i, j]`` is how much position ``i`` attends to position ``j``.
+
+        It runs the model block by block and recomputes each block's queries and keys from the
+        block's own input, so the maps are exactly the weights the forward pass uses.
+        """
+        check_context(idx.shape[1], 0, self.config.context_length)
+        maps = []
+        with eval_mode(self):
+            x = self.embed(idx)
+            for block in self.blocks:
+                attn = block.attn
+                queries, keys, _ = rearrange(
+                    attn.qkv(block.norm1(x)), "b t (three h d) -> three b h t d", three=3, h=attn.n_heads
+                )
+                maps.append(attention_weights(queries, keys, attn.mask[: idx.shape[1], : idx.shape[1]]))
+                x = block(x)
+        return torch.stack(maps)
 
     def forward(self, idx: Int[Tensor, "batch seq"], cache: KVCache | None = None) -> Float[Tensor, "batch seq vocab"]:
         start = cache.seq_len if cache is not None else 0

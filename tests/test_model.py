@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from einops import rearrange
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -248,3 +249,21 @@ def test_too_long_input_and_unknown_ids_are_refused():
         model(torch.zeros(1, 33, dtype=torch.long))
     with pytest.raises(ValueError, match=r"token ids must be in 0\.\.100 .* got \[101\]"):
         model(torch.tensor([[5, 101]]))
+
+
+def test_attention_maps_are_the_weights_the_forward_pass_uses():
+    torch.manual_seed(0)
+    model = GPTModel(replace(SMALL, drop_rate=0.1)).train()
+    idx = torch.randint(0, SMALL.vocab_size, (2, 10))
+    maps = model.attention_maps(idx)
+    assert maps.shape == (SMALL.n_layers, 2, SMALL.n_heads, 10, 10) and model.training  # the mode is restored
+    torch.testing.assert_close(maps.sum(-1), torch.ones(SMALL.n_layers, 2, SMALL.n_heads, 10))
+    assert (maps.triu(diagonal=1) == 0).all()  # causal: no weight on later positions
+    model.eval()
+    x = model.embed(idx)
+    for layer, block in enumerate(model.blocks):  # weights x values, merged and projected = the attention output
+        _, _, values = rearrange(block.attn.qkv(block.norm1(x)), "b t (three h d) -> three b h t d", three=3,
+                                 h=SMALL.n_heads)
+        merged = rearrange(maps[layer] @ values, "b h t d -> b t (h d)")
+        torch.testing.assert_close(block.attn.out_proj(merged), block.attn(block.norm1(x)), atol=1e-5, rtol=1e-5)
+        x = block(x)

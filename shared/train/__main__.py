@@ -91,10 +91,14 @@ def _override(obj, **changes):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device) if args.device else pick_device()
-    here = init_distributed(device.type)
-    if device.type == "cuda" and here.size > 1:
-        device = torch.device("cuda", here.local_rank)
     try:
+        here = init_distributed(device.type)
+    except ValueError as e:
+        print(f"python -m shared.train: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        if device.type == "cuda" and here.size > 1:
+            device = torch.device("cuda", here.local_rank)
         setting = pick_setting(device, args.setting)
         text = read_text_file(args.data) if args.data else tiny_shakespeare()
         train_text, val_text = train_val_split(text)

@@ -45,7 +45,14 @@ def init_distributed(device_type: str) -> World:
     if not (dist.is_available() and dist.is_initialized()):
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            local_rank = int(os.environ.get("LOCAL_RANK", 0))
+            if local_rank >= torch.cuda.device_count():
+                raise ValueError(
+                    f"process {local_rank} of this machine has no GPU of its own: it has {torch.cuda.device_count()}"
+                    " GPU(s). Start one process per GPU (torchrun --nproc_per_node <number of GPUs>), or train on"
+                    " the CPU (--device cpu)."
+                )
+            torch.cuda.set_device(local_rank)
         dist.init_process_group(backend)
     return world()
 
