@@ -57,7 +57,8 @@ class GPTConfig:
         return asdict(self)
 
 
-# GPT-2 "small" exactly as OpenAI released it: biases on Q/K/V, output head tied to the embedding.
+# GPT-2 "small" in OpenAI's released shape: biases on Q/K/V, output head tied to the embedding. (The
+# release uses no dropout; 0.1 is GPT-1's rate and Hugging Face's GPT2Config default, kept for training.)
 GPT2_124M = GPTConfig(
     vocab_size=50_257,
     context_length=1_024,
@@ -181,8 +182,8 @@ class GPTModel(nn.Module):
         self.final_norm = LayerNorm(config.emb_dim)
         self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
         self.apply(self._init_weights)
-        # GPT-2's scaled init: each residual branch's last projection gets std 0.02 / √(2·n_layers),
-        # so the residual stream's variance does not grow with depth.
+        # The GPT-2 paper's scaled init (section 2.3): each residual branch's last projection gets std
+        # 0.02 / √(2·n_layers) (two branches per block), so the residual stream's variance does not grow with depth.
         for block in self.blocks:
             for proj in (block.attn.out_proj, block.ff.project):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))

@@ -22,7 +22,7 @@ __all__ = ["NotYet", "Result", "check", "exercise", "expect", "registered"]
 _CHAPTER_MODULES = ["ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07", "ch08", "ch09"]
 
 
-class NotYet(Exception):  # noqa: N818 (a verdict, not an error: checkers raise it for a wrong answer)
+class NotYet(Exception):
     """Raised by a checker when the answer is wrong; its message says what and gives a hint."""
 
 
@@ -37,6 +37,10 @@ class Result:
     @property
     def passed(self) -> bool:
         return self.status == "passed"
+
+    def _ipython_display_(self) -> None:
+        """Show nothing: :func:`check` has printed the verdict already, so a bare ``check(...)`` at
+        the end of a notebook cell shows it once, not twice."""
 
     def __str__(self) -> str:
         text = f"Exercise {self.exercise}: {self.status}"
@@ -92,7 +96,7 @@ def _load_all() -> None:
 def registered() -> dict[str, str]:
     """Every exercise's number and title, in order."""
     _load_all()
-    key = lambda n: tuple(int(part) for part in n.split("."))  # noqa: E731
+    key = lambda n: tuple(int(part) for part in n.split("."))
     return {n: _REGISTRY[n].title for n in sorted(_REGISTRY, key=key)}
 
 
