@@ -35,9 +35,10 @@ class ShapeError(ValueError):
 def strict_matmul(a: Float[Tensor, "*batch m k"], b: Float[Tensor, "*batch k n"]) -> Float[Tensor, "*batch m n"]:
     """``a @ b`` for tensors with the *same* leading (batch) dimensions, and nothing else.
 
-    ``torch.matmul`` silently broadcasts: a ``(2, 4, 5)`` times a ``(4, 5, 3)`` is not an error,
-    it is a ``(4, 4, 3)`` result that mixes batches. This function refuses any broadcast and says
-    which shapes it got. The check runs even when the jaxtyping checks are switched off.
+    ``torch.matmul`` silently broadcasts: a ``(2, 4, 5)`` times a ``(1, 5, 3)`` is not an error,
+    it is a ``(2, 4, 3)`` result that reuses one matrix for every batch, which is rarely what code
+    that meant to pair batch ``i`` with batch ``i`` wanted. This function refuses any broadcast and
+    says which shapes it got. The check runs even when the jaxtyping checks are switched off.
     """
     if a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
         raise ShapeError(
