@@ -1,0 +1,212 @@
+"""Chapter 5's exercises: splitting and merging heads, counting parameters, a bug hunt in the merge,
+grouped-query attention's ``repeat_kv``, and the memory of the attention weights.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from shared.attention import MultiHeadAttention, attend, causal_mask, repeat_kv
+from shared.exercises import NotYet, exercise, expect
+from shared.exercises.ch03 import close, rounded, run_answer, seeded
+
+# -- 5.1 ---------------------------------------------------------------------------------------------
+
+
+@exercise("5.1", "Split and merge the heads")
+def check_split_and_merge(answer: object) -> str:
+    expect(isinstance(answer, (tuple, list)) and len(answer) == 2,
+           "Pass both functions as a pair: check(\"5.1\", (split_heads, merge_heads)).")
+    split_heads, merge_heads = answer
+    batch, seq, n_heads, head_dim = 2, 5, 3, 4
+    # Each number is its own position in memory, so a hint can say where a value came from.
+    x = torch.arange(batch * seq * n_heads * head_dim, dtype=torch.float32).reshape(batch, seq, n_heads * head_dim)
+    expected = rearrange(x, "b t (h d) -> b h t d", h=n_heads)
+    got = run_answer(split_heads, x, n_heads)
+    expect(isinstance(got, Tensor) and tuple(got.shape) == tuple(expected.shape),
+           f"split_heads of a (2, 5, 12) tensor into 3 heads should give (2, 3, 5, 4) = (batch, heads, seq, "
+           f"head_dim); yours gives {tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__}.")
+    if not torch.equal(got, expected):
+        head_1 = f"Head 1 of position 0 should hold x[0, 0, 4:8] = {rounded(x[0, 0, 4:8], 1)}; yours holds " \
+                 f"{rounded(got[0, 1, 0], 1)}."
+        if torch.equal(got, x.reshape(batch, n_heads, seq, head_dim)):
+            raise NotYet(f"A plain reshape to (batch, heads, seq, head_dim) has the right shape but reads the memory "
+                         f"in the wrong order, mixing positions and heads. {head_1} Split the last axis, then move "
+                         "the head axis: \"b t (h d) -> b h t d\".")
+        if torch.equal(got, rearrange(x, "b t (d h) -> b h t d", h=n_heads)):
+            raise NotYet(f"Your heads take every third number (interleaved): in \"(d h)\" the head index varies "
+                         f"fastest. Each head owns a contiguous block of head_dim numbers: \"(h d)\". {head_1}")
+        raise NotYet(f"split_heads puts the numbers in the wrong places. {head_1}")
+    merged = run_answer(merge_heads, expected)
+    expect(isinstance(merged, Tensor) and tuple(merged.shape) == tuple(x.shape),
+           f"merge_heads of a (2, 3, 5, 4) tensor should give (2, 5, 12) = (batch, seq, d_out); yours gives "
+           f"{tuple(merged.shape) if isinstance(merged, Tensor) else type(merged).__name__}.")
+    if not torch.equal(merged, x):
+        order = f"Position 0 should read head 0's four numbers, then head 1's, then head 2's: " \
+                f"{rounded(x[0, 0], 1)}; yours reads {rounded(merged[0, 0], 1)}."
+        if torch.equal(merged, rearrange(expected, "b h t d -> b t (d h)")):
+            raise NotYet(f"Your merge interleaves the heads (\"(d h)\"). {order}")
+        raise NotYet(f"merge_heads(split_heads(x)) should give x back. {order}")
+    with seeded(51):
+        mha = MultiHeadAttention(12, 12, n_heads, context_length=8)
+    g = torch.Generator().manual_seed(52)
+    inputs = torch.randn(2, 5, 12, generator=g)
+    with torch.no_grad():
+        q, k, v = mha.qkv(inputs).chunk(3, dim=-1)  # qkv's rows: all queries, then all keys, then all values
+        context = attend(split_heads(q, n_heads), split_heads(k, n_heads), split_heads(v, n_heads), causal_mask(5))
+        ours, theirs = mha.out_proj(merge_heads(context)), mha(inputs)
+    expect(close(ours, theirs), "Your functions match the patterns on one tensor but not inside multi-head "
+                                "attention; do they use the n_heads argument rather than a fixed 3?")
+    return ("Your split and merge equal the patterns \"b t (h d) -> b h t d\" and back, and with them attend + "
+            "out_proj reproduces shared.attention.MultiHeadAttention.")
+
+
+# -- 5.2 ---------------------------------------------------------------------------------------------
+
+
+def _parameters(n_heads: int) -> int:
+    with seeded(0):  # building initialises weights: keep the learner's generator as it was
+        module = MultiHeadAttention(768, 768, n_heads, context_length=1024)
+    return sum(p.numel() for p in module.parameters())
+
+
+@exercise("5.2", "Predict the number of parameters")
+def check_parameter_count(prediction: object) -> str:
+    expect(isinstance(prediction, (tuple, list)) and len(prediction) == 2
+           and all(isinstance(p, int) for p in prediction),
+           "Write the prediction as two whole numbers: (parameters with 12 heads, parameters with 1 head).")
+    twelve, one = _parameters(12), _parameters(1)
+    breakdown = "qkv: 768 × 2304 = 1,769,472 weights and no bias; out_proj: 768 × 768 = 589,824 weights " \
+                "+ 768 biases"
+    for guess, heads, truth in [(prediction[0], 12, twelve), (prediction[1], 1, one)]:
+        if guess == truth:
+            continue
+        why = {
+            truth - 768: "out_proj has a bias of 768 numbers.",
+            truth + 2304: "qkv has no bias by default (qkv_bias=False).",
+            truth + 1024 * 1024: "The causal mask is a buffer, not a parameter: it is built, not learned.",
+            truth - 589_824 - 768: "Count out_proj too, the projection that mixes the heads, with its bias.",
+        }.get(guess, "")
+        if not why and prediction[0] != prediction[1]:
+            why = "The number of heads does not change the count: the heads only split the 768 columns."
+        raise NotYet(f"With {heads} head{'s' if heads > 1 else ''}, MultiHeadAttention(768, 768, {heads}, "
+                     f"context_length=1024) has {truth:,} parameters, not {guess:,}. {why} ({breakdown}.)")
+    return (f"Both have {twelve:,} parameters ({breakdown}). The heads split the same matrices into blocks; "
+            "they add no weights.")
+
+
+# -- 5.3 ---------------------------------------------------------------------------------------------
+
+
+@exercise("5.3", "Bug hunt: heads merged in the wrong order")
+def check_fixed_merge(answer: Callable) -> str:
+    d, n_heads, context_length = 12, 3, 8
+    with seeded(53):
+        reference = MultiHeadAttention(d, d, n_heads, context_length)
+    with seeded(0):
+        module = run_answer(answer, d, d, n_heads, context_length)
+    expect(isinstance(module, nn.Module), f"Your class should build an nn.Module; it built {type(module).__name__}.")
+    wanted = {name: tuple(p.shape) for name, p in reference.state_dict().items()}
+    have = {name: tuple(p.shape) for name, p in module.state_dict().items()}
+    expect(have == wanted, f"Keep the layers as they were (qkv and out_proj), so that shared's weights load: "
+                           f"expected {wanted}, found {have}.")
+    module.load_state_dict(reference.state_dict())
+    g = torch.Generator().manual_seed(54)
+    x = torch.randn(2, 5, d, generator=g)
+    got = run_answer(module, x)
+    with torch.no_grad():
+        expected = reference(x)
+    expect(isinstance(got, Tensor) and tuple(got.shape) == (2, 5, d),
+           f"For x of shape (2, 5, 12) the output should be (2, 5, 12); yours is "
+           f"{tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__}.")
+    if not close(got, expected):
+        with torch.no_grad():
+            q, k, v = rearrange(reference.qkv(x), "b t (three h d) -> three b h t d", three=3, h=n_heads)
+            context = attend(q, k, v, causal_mask(5))
+            interleaved = reference.out_proj(rearrange(context, "b h t d -> b t (d h)"))
+        if close(got, interleaved):
+            raise NotYet("Still the buggy output: \"(d h)\" interleaves the heads, so out_proj receives head 0's first "
+                         "number, then head 1's first number, ... Its columns expect head 0's four numbers, then "
+                         "head 1's, as torch.cat puts them in the wrapper.")
+        difference = (got - expected).abs().max().item()
+        raise NotYet(f"Your output differs from shared.attention.MultiHeadAttention with the same weights by up to "
+                     f"{difference:.4f}. Only the merge was wrong; leave the split as it was.")
+    torch_mha = nn.MultiheadAttention(d, n_heads, batch_first=True)
+    with torch.no_grad():
+        torch_mha.in_proj_weight.copy_(reference.qkv.weight)
+        torch_mha.in_proj_bias.zero_()
+        torch_mha.out_proj.load_state_dict(reference.out_proj.state_dict())
+        torch_output, _ = torch_mha(x, x, x, attn_mask=causal_mask(5), need_weights=False)
+    expect(close(got, torch_output), "Your module equals shared's but not torch.nn.MultiheadAttention?")
+    return ("With the same weights your module equals shared.attention.MultiHeadAttention and "
+            "torch.nn.MultiheadAttention on a (2, 5, 12) batch.")
+
+
+# -- 5.4 ---------------------------------------------------------------------------------------------
+
+
+@exercise("5.4", "Grouped-query attention: repeat_kv")
+def check_repeat_kv(answer: Callable) -> str:
+    batch, kv_heads, seq, head_dim = 2, 2, 3, 4
+    x = torch.arange(batch * kv_heads * seq * head_dim, dtype=torch.float32).reshape(batch, kv_heads, seq, head_dim)
+    for groups in [2, 3, 1]:
+        got = run_answer(answer, x, groups)
+        expected = repeat_kv(x, groups)
+        call = f"repeat_kv(x, groups={groups}) for x of shape {tuple(x.shape)}"
+        expect(isinstance(got, Tensor) and tuple(got.shape) == tuple(expected.shape),
+               f"{call} should have shape {tuple(expected.shape)} = (batch, kv_heads * groups, seq, head_dim); yours "
+               f"has {tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__}.")
+        if torch.equal(got, expected):
+            continue
+        owners = [h // groups for h in range(kv_heads * groups)]
+        if torch.equal(got, x.repeat(1, groups, 1, 1)):
+            raise NotYet(f"{call}: you tiled the heads (kv0, kv1, kv0, kv1, ...), so query head 1 would use key head "
+                         f"1. Each key/value head must serve {groups} *consecutive* query heads: query head h uses "
+                         f"key/value head h // groups, here {owners}. Repeat each head in place: "
+                         "\"b kv_heads t d -> b (kv_heads groups) t d\", or repeat_interleave.")
+        raise NotYet(f"{call}: the heads are in the wrong places. Query head h should get key/value head h // groups, "
+                     f"here {owners}.")
+    return ("Your function equals shared.attention.repeat_kv for groups = 2, 3 and 1: query head h gets key/value "
+            "head h // groups.")
+
+
+# -- 5.5 ---------------------------------------------------------------------------------------------
+
+
+def _megabytes(batch: int, heads: int, seq: int) -> float:
+    return batch * heads * seq * seq * torch.finfo(torch.float32).bits / 8 / 1e6
+
+
+@exercise("5.5", "Predict the memory of the attention weights")
+def check_weights_memory(prediction: object) -> str:
+    expect(isinstance(prediction, (tuple, list)) and len(prediction) == 2
+           and all(isinstance(p, (int, float)) for p in prediction),
+           "Write the prediction as two numbers of megabytes: (at seq = 1024, at seq = 2048).")
+    at_1024, at_2048 = _megabytes(8, 12, 1024), _megabytes(8, 12, 2048)
+    mebi = 1e6 / 2**20  # someone who counts in MiB (2**20 bytes) is right too
+
+    def near(guess: float, truth: float) -> bool:
+        return math.isclose(guess, truth, rel_tol=0.02) or math.isclose(guess, truth * mebi, rel_tol=0.02)
+
+    guess_1024, guess_2048 = (float(p) for p in prediction)
+    if not near(guess_1024, at_1024):
+        why = next((hint for factor, hint in [
+            (4, "Each float32 takes 4 bytes."),
+            (12, "Every head has its own (seq, seq) weights: multiply by 12 heads."),
+            (8, "Every sequence of the batch has its own weights: multiply by 8."),
+            (1024, "Each head's weights are seq × seq, one row per query and one column per key."),
+        ] if near(guess_1024 * factor, at_1024)), "")
+        if near(guess_1024 / 1e6, at_1024):
+            why = "Give megabytes (10⁶ bytes), not bytes."
+        raise NotYet(f"{why} The weights of shape (8, 12, 1024, 1024) hold {8 * 12 * 1024 * 1024:,} float32 numbers: "
+                     f"{at_1024:.1f} MB.")
+    if not near(guess_2048, at_2048):
+        why = ("Doubling seq doubles both the rows (queries) and the columns (keys): four times the memory."
+               if near(guess_2048, 2 * at_1024)
+               else "The weights grow with seq²: one row per query, one column per key.")
+        raise NotYet(f"Your first number is right. {why} At seq = 2048: {at_2048:.1f} MB.")
+    return (f"{at_1024:.1f} MB at seq = 1024 and {at_2048:.1f} MB at seq = 2048, for one tensor of one layer: "
+            "quadratic in seq. Fused kernels such as SDPA's never store it whole.")
