@@ -7,7 +7,7 @@ from torch import Tensor
 
 from shared.train import History, TrainConfig, lr_at
 
-__all__ = ["plot_attention", "plot_losses", "plot_steps"]
+__all__ = ["plot_attention", "plot_attention_grid", "plot_losses", "plot_steps"]
 
 
 def _pyplot():
@@ -24,11 +24,12 @@ def plot_attention(
     keys: Sequence[str] | None = None,
     ax=None,
     title: str | None = None,
+    colorbar: bool = True,
 ):
     """Heatmap of one attention matrix: a row per query, a column per key, 0 to 1."""
     plt = _pyplot()
     ax = ax or plt.subplots(figsize=(4, 4))[1]
-    image = ax.imshow(weights.detach().float().cpu(), cmap="viridis", vmin=0.0, vmax=1.0)
+    image = ax.imshow(weights.detach().float().cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
     if queries is not None:
         ax.set_yticks(range(len(queries)), queries)
     if keys is not None:
@@ -37,8 +38,43 @@ def plot_attention(
     ax.set_ylabel("query")
     if title:
         ax.set_title(title)
-    plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if colorbar:
+        plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     return ax
+
+
+def plot_attention_grid(
+    weights: Float[Tensor, "layers heads seq seq"],
+    tokens: Sequence[str] | None = None,
+    panel_size: float = 2.4,
+    title: str | None = None,
+):
+    """Every head of every layer on one text: a row of panels per layer, a column per head.
+
+    ``weights`` is one sequence's slice of ``GPTModel.attention_maps`` (``maps[:, b]``). The
+    tokens label the queries of the first column and the keys of the last row; one colour bar
+    (0 to 1) serves every panel. Returns the figure.
+    """
+    plt = _pyplot()
+    n_layers, n_heads = weights.shape[0], weights.shape[1]
+    fig, axes = plt.subplots(n_layers, n_heads, figsize=(panel_size * n_heads + 1.0, panel_size * n_layers),
+                             squeeze=False, layout="constrained")
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            ax = axes[layer, head]
+            plot_attention(weights[layer, head], ax=ax, title=f"layer {layer}, head {head}", colorbar=False)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel("")
+            ax.set_ylabel("")
+            if tokens is not None and head == 0:
+                ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+            if tokens is not None and layer == n_layers - 1:
+                ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
+    fig.colorbar(axes[0, 0].images[0], ax=axes, fraction=0.02, pad=0.01, label="attention weight")
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 def plot_losses(history: History, ax=None, label: str = "", bpc_scale: float | None = None):
