@@ -13,11 +13,33 @@ with :func:`exercise`. The solutions are in ``notebooks/solutions/``.
 """
 
 import importlib
+import numbers
+import re
 import traceback
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["NotYet", "Result", "check", "exercise", "expect", "registered"]
+import torch
+from jaxtyping import TypeCheckError
+from torch import Tensor
+
+__all__ = [
+    "NotYet",
+    "Result",
+    "as_number",
+    "as_shape",
+    "check",
+    "close",
+    "describe",
+    "exercise",
+    "expect",
+    "registered",
+    "rounded",
+    "run_answer",
+    "seeded",
+]
 
 _CHAPTER_MODULES = ["ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07", "ch08", "ch09"]
 
@@ -80,6 +102,92 @@ def expect(condition: bool, hint: str) -> None:
         raise NotYet(hint)
 
 
+# -- tools for checkers --------------------------------------------------------------------------
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with PyTorch's CPU generator seeded and on one thread, then give the learner back
+    their random state and thread count. (Checkers use tiny tensors: a second thread only adds
+    synchronisation, which costs seconds on a busy machine.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def close(a: object, b: Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
+    """``a`` is a tensor of ``b``'s shape with the same numbers, up to the tolerances."""
+    return (
+        isinstance(a, Tensor)
+        and a.shape == b.shape
+        and bool(torch.allclose(a.double(), b.double(), atol=atol, rtol=rtol))
+    )
+
+
+def rounded(t: Tensor, decimals: int = 4) -> list:
+    """A tensor as a short nested list of rounded numbers, for a hint."""
+    return [round(v, decimals) for v in t.flatten().tolist()] if t.ndim <= 1 else [rounded(r, decimals) for r in t]
+
+
+def describe(x: object) -> str:
+    """What an answer is, in a few words: a tensor's shape, or the type of anything else."""
+    return f"a tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+
+
+def as_shape(value: object) -> tuple[int, ...] | None:
+    """A predicted shape as a tuple of ints, or None if it is not written as one."""
+    if isinstance(value, (tuple, list, torch.Size)) and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    return None
+
+
+def as_number(value: object, what: str) -> float:
+    """A predicted number (an int, a float, or a one-element tensor) as a float; anything else is
+    a wrong answer that says what it got."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return float(value.item())
+    expect(isinstance(value, numbers.Real) and not isinstance(value, bool),
+           f"{what} should be a number, got {type(value).__name__}: {value!r}.")
+    return float(value)
+
+
+def _shape_check_hint(error: TypeCheckError) -> str:
+    """jaxtyping's message, cut to what a learner needs: what failed, the shape, the bindings."""
+    text = str(error)
+    where = "an argument"
+    if "return value" in text.splitlines()[0]:
+        where = "the return value"
+    elif found := re.search(r"parameter '(\w+)'", text):
+        where = f"the argument {found.group(1)!r}"
+    actual = re.search(r"Actual value: (\S+)", text)
+    expected = re.search(r"Expected type: (?:<class ')?(.*?)(?:'>)?\.?$", text, re.M)
+    bound = text.split("are as follows.")[-1].split() if "are as follows." in text else []
+    said = f"The shape check of your function failed on {where}"
+    if actual and expected:
+        said += f": it is {actual.group(1).removesuffix('(torch)')}, the annotation says {expected.group(1)}"
+    if bound:
+        said += f" (with {', '.join(bound)})"
+    return said + ". Compare the shape you compute with the one you annotated."
+
+
+def run_answer(answer: Callable, *args, **kwargs):
+    """Call the learner's code; a failed shape check becomes a hint, not a traceback."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. `.T` on a 3-D tensor: the hint says what went wrong
+            return answer(*args, **kwargs)
+    except TypeCheckError as e:
+        raise NotYet(_shape_check_hint(e)) from None
+
+
+# -- the verdict -----------------------------------------------------------------------------------
+
+
 def _not_attempted(answer: object) -> bool:
     return answer is ... or answer is None
 
@@ -120,6 +228,8 @@ def check(number: str, answer: object, *, quiet: bool = False) -> Result:
                             "Replace the `raise NotImplementedError` with your code, then run this cell again.")
         except NotYet as e:
             result = Result(number, "not yet", str(e))
+        except TypeCheckError as e:  # the learner's annotations caught a wrong shape
+            result = Result(number, "not yet", _shape_check_hint(e))
         except Exception as e:  # the learner's code raised: say where, briefly
             where = traceback.extract_tb(e.__traceback__)[-1]
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""

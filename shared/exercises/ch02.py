@@ -5,29 +5,13 @@ Every tensor a checker makes comes from its own seeded ``torch.Generator``, so c
 never moves the notebook's global random state.
 """
 
-import jaxtyping
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from shared.datasets import NextTokenDataset
 from shared.embeddings import TokenPositionEmbedding, sinusoidal_positions
-from shared.exercises import NotYet, exercise, expect
-
-
-def _call(function, *args):
-    """Call the learner's function; a failed shape check becomes a hint, not a traceback."""
-    try:
-        return function(*args)
-    except jaxtyping.TypeCheckError as e:
-        lines = [line.strip() for line in str(e).splitlines()
-                 if line.startswith(("Type-check error", "The problem", "Actual value", "Expected type"))]
-        raise NotYet("a shape check failed in your code: " + " ".join(lines)) from None
-
-
-def _rounded(vector: torch.Tensor) -> list[float]:
-    return [round(v, 4) for v in vector.tolist()]
-
+from shared.exercises import NotYet, exercise, expect, rounded, run_answer
 
 # -- 2.1 -------------------------------------------------------------------------------------------
 
@@ -43,7 +27,7 @@ def _check_windows(answer):
         ids = torch.randint(0, 1000, (n_tokens,), generator=generator)
         reference = NextTokenDataset(ids, context_length, stride)
         setting = f"for {n_tokens} tokens, context_length {context_length}, stride {stride}"
-        out = _call(answer, ids, context_length, stride)
+        out = run_answer(answer, ids, context_length, stride)
         expect(isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out),
                f"return a tuple of two tensors (inputs, targets), got {type(out).__name__}")
         inputs, targets = out
@@ -102,7 +86,7 @@ def _check_one_hot(answer):
     vocab_size, emb_dim = 11, 4
     idx = torch.randint(0, vocab_size, (2, 5), generator=generator)
     weight = torch.randn(vocab_size, emb_dim, generator=generator).requires_grad_()
-    out = _call(answer, idx, weight)
+    out = run_answer(answer, idx, weight)
     expect(isinstance(out, torch.Tensor), f"return a tensor, got {type(out).__name__}")
     expect(tuple(out.shape) == (2, 5, emb_dim),
            f"for ids of shape (2, 5) and a weight of shape ({vocab_size}, {emb_dim}), the output has shape "
@@ -111,9 +95,9 @@ def _check_one_hot(answer):
     if not torch.allclose(out, reference, atol=1e-6):
         b, t = (~torch.isclose(out, reference, atol=1e-6)).any(dim=-1).nonzero()[0].tolist()
         i = int(idx[b, t])
-        hint = f"position ({b}, {t}) holds id {i}; its vector should be row {i} of the weight, {_rounded(weight[i])}"
+        hint = f"position ({b}, {t}) holds id {i}; its vector should be row {i} of the weight, {rounded(weight[i])}"
         matches = [r for r in range(vocab_size) if torch.allclose(out[b, t], weight[r], atol=1e-6)]
-        hint += f", but it is row {matches[0]}." if matches else f", got {_rounded(out[b, t])}."
+        hint += f", but it is row {matches[0]}." if matches else f", got {rounded(out[b, t])}."
         raise NotYet(hint + " Compare idx[..., None] with torch.arange(vocab) to get a 1 exactly at each id.")
     expect(out.requires_grad, "the output does not depend on the weight (no gradient can reach it): "
                               "multiply by the weight itself, without .detach() or torch.no_grad()")
@@ -143,7 +127,7 @@ def _check_embed(answer):
         with torch.no_grad():
             want = reference(idx)
             try:
-                got = _call(answer, idx, tok, pos)
+                got = run_answer(answer, idx, tok, pos)
             except NotImplementedError:  # a RuntimeError too, but it means "not attempted"
                 raise
             except RuntimeError as e:
@@ -170,7 +154,7 @@ def _check_embed(answer):
 @exercise("2.5", "bug hunt: sinusoidal frequencies")
 def _check_sinusoidal(answer):
     for n_positions, emb_dim in [(16, 8), (50, 64), (3, 2)]:
-        got = _call(answer, n_positions, emb_dim)
+        got = run_answer(answer, n_positions, emb_dim)
         want = sinusoidal_positions(n_positions, emb_dim)
         expect(isinstance(got, torch.Tensor) and tuple(got.shape) == tuple(want.shape),
                f"sinusoidal({n_positions}, {emb_dim}) should have shape {tuple(want.shape)}, got "
@@ -179,8 +163,8 @@ def _check_sinusoidal(answer):
             pair = 1 if emb_dim > 2 else 0
             raise NotYet(
                 f"sinusoidal({n_positions}, {emb_dim}): at position 1, pair {pair} (dimensions {2 * pair} and "
-                f"{2 * pair + 1}) holds {_rounded(got[1, 2 * pair : 2 * pair + 2])}, expected "
-                f"{_rounded(want[1, 2 * pair : 2 * pair + 2])}: the sine (even dimension) and "
+                f"{2 * pair + 1}) holds {rounded(got[1, 2 * pair : 2 * pair + 2])}, expected "
+                f"{rounded(want[1, 2 * pair : 2 * pair + 2])}: the sine (even dimension) and "
                 f"the cosine (odd dimension) of 1 x 10000^(-2 x {pair} / {emb_dim}). Check each pair's frequency, "
                 "and which of sine and cosine comes first.")
     return "equal to shared.embeddings.sinusoidal_positions."

@@ -2,78 +2,17 @@
 and a self-attention module.
 
 Every checker makes its own seeded inputs, with sizes that all differ (4 queries, 6 keys, 8
-dimensions), so that a transposed or mixed-up result cannot match by accident. The helpers at the
-top are shared with chapters 4 and 5.
+dimensions), so that a transposed or mixed-up result cannot match by accident.
 """
 
 import math
-import re
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
-from jaxtyping import TypeCheckError
 from torch import Tensor, nn
 
 from shared.attention import SelfAttention, attend, attention_weights
-from shared.exercises import NotYet, exercise, expect
-
-__all__ = ["as_shape", "close", "rounded", "run_answer", "seeded"]
-
-
-def close(a: Tensor, b: Tensor) -> bool:
-    """Same shape and the same numbers, up to float32 rounding."""
-    return a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4)
-
-
-def rounded(t: Tensor, decimals: int = 4) -> list:
-    """A tensor as a short nested list, for a hint."""
-    return [round(v, decimals) for v in t.flatten().tolist()] if t.ndim <= 1 else [rounded(r, decimals) for r in t]
-
-
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run a block with PyTorch's global generator seeded, then restore the learner's generator state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _shape_check_hint(error: TypeCheckError) -> str:
-    """jaxtyping's message, cut to what the learner needs: what failed, the shape, the bindings."""
-    text = str(error)
-    where = "an argument"
-    if "return value" in text.splitlines()[0]:
-        where = "the return value"
-    elif found := re.search(r"parameter '(\w+)'", text):
-        where = f"the argument {found.group(1)!r}"
-    actual = re.search(r"Actual value: (\S+)", text)
-    expected = re.search(r"Expected type: (?:<class ')?(.*?)(?:'>)?\.?$", text, re.M)
-    bound = text.split("are as follows.")[-1].split() if "are as follows." in text else []
-    said = f"The shape check of your function failed on {where}"
-    if actual and expected:
-        said += f": it is {actual.group(1).removesuffix('(torch)')}, the annotation says {expected.group(1)}"
-    if bound:
-        said += f" (with {', '.join(bound)})"
-    return said + ". Compare the shape you compute with the one you annotated."
-
-
-def run_answer(answer: Callable, *args, **kwargs):
-    """Call the learner's code without gradients; a failed shape check becomes a hint, not a traceback."""
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. `.T` on a 3-D tensor: the hint says what went wrong
-            return answer(*args, **kwargs)
-    except TypeCheckError as e:
-        raise NotYet(_shape_check_hint(e)) from None
-
-
-def as_shape(value: object) -> tuple[int, ...] | None:
-    """A predicted shape as a tuple of ints, or None if it is not written as one."""
-    if isinstance(value, (tuple, list, torch.Size)) and all(isinstance(v, int) for v in value):
-        return tuple(value)
-    return None
+from shared.exercises import NotYet, as_shape, close, exercise, expect, rounded, run_answer, seeded
 
 
 def _tensor(result: object, what: str) -> Tensor:

@@ -8,8 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from shared.attention import CausalAttention, SelfAttention, attend, attention_weights, causal_mask
-from shared.exercises import NotYet, exercise, expect
-from shared.exercises.ch03 import close, rounded, run_answer, seeded
+from shared.exercises import NotYet, close, exercise, expect, rounded, run_answer, seeded
 
 # -- 4.1 ---------------------------------------------------------------------------------------------
 

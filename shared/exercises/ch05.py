@@ -10,8 +10,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from shared.attention import MultiHeadAttention, attend, causal_mask, repeat_kv
-from shared.exercises import NotYet, exercise, expect
-from shared.exercises.ch03 import close, rounded, run_answer, seeded
+from shared.exercises import NotYet, close, exercise, expect, rounded, run_answer, seeded
 
 # -- 5.1 ---------------------------------------------------------------------------------------------
 

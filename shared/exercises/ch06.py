@@ -9,14 +9,12 @@ import copy
 import itertools
 import math
 import numbers
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shared.exercises import NotYet, exercise, expect
+from shared.exercises import NotYet, close, exercise, expect, seeded
 from shared.model import GPTConfig, GPTModel, TransformerBlock, count_parameters
 
 __all__ = ["BLOCK_CONFIG", "CONVERT_CONFIG", "COUNT_CONFIG", "INIT_CONFIG", "hf_layout"]
@@ -34,18 +32,6 @@ BLOCK_CONFIG = GPTConfig(vocab_size=50, context_length=16, emb_dim=32, n_heads=4
 CONVERT_CONFIG = GPTConfig(
     vocab_size=97, context_length=16, emb_dim=32, n_heads=4, n_layers=2, qkv_bias=True, tie_weights=True
 )
-
-
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed PyTorch's CPU generator for a block; the learner's random state is restored after it."""
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        yield
-
-
-def _close(a: object, b: Tensor, atol: float) -> bool:
-    return isinstance(a, Tensor) and a.shape == b.shape and bool(torch.allclose(a, b, atol=atol, rtol=atol))
 
 
 def _fill_randomly(module: nn.Module, seed: int) -> None:
@@ -88,7 +74,7 @@ def check_layer_norm(layer_norm) -> str:
     expect(torch.equal(x_given, x), "Your function changed its input x in place; compute a new tensor instead.")
     out = out.to(x.dtype)  # a float64 answer is compared like any other
     expected = F.layer_norm(x, (32,), weight, bias, eps)  # = shared.model.LayerNorm's forward
-    if _close(out, expected, atol=1e-4):
+    if close(out, expected, atol=1e-4, rtol=1e-4):
         return "Matches shared.model.LayerNorm on 8 tokens of 32 features, one of them nearly constant (eps matters)."
 
     mean = x.mean(dim=-1, keepdim=True)
@@ -114,7 +100,7 @@ def check_layer_norm(layer_norm) -> str:
         ),
     ]
     for candidate, hint in mistakes:
-        if _close(out, candidate, atol=1e-4):
+        if close(out, candidate, atol=1e-4, rtol=1e-4):
             raise NotYet(hint)
     wrong = (out - expected).abs().amax(dim=-1) > 1e-4  # (batch, seq): which tokens are off
     if wrong.sum() == 1 and wrong[1, 2]:
@@ -139,7 +125,7 @@ def _is_residual_projection(name: str) -> bool:
 @exercise("6.2", "GPT-2's initialisation")
 def check_init(init_gpt2_) -> str:
     config = INIT_CONFIG
-    with _seeded(62):
+    with seeded(62):
         model = GPTModel(config)
         for module in model.modules():  # back to PyTorch's defaults, which the answer must replace
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -268,7 +254,7 @@ def check_block(block_class) -> str:
         isinstance(block_class, type) and issubclass(block_class, nn.Module),
         f'Pass the class itself (check("6.4", FixedBlock)), not {type(block_class).__name__}.',
     )
-    with _seeded(64), torch.no_grad():  # the learner's block is built in here too: it draws random numbers
+    with seeded(64), torch.no_grad():  # the learner's block is built in here too: it draws random numbers
         reference = TransformerBlock(BLOCK_CONFIG).eval()
         x = 3.0 * torch.randn(2, 10, BLOCK_CONFIG.emb_dim)
         _fill_randomly(reference, seed=64)
@@ -350,7 +336,7 @@ def hf_layout(model: GPTModel) -> dict[str, Tensor]:
 
 @exercise("6.5", "Find the bug: a weight converter")
 def check_converter(convert_gpt2_state) -> str:
-    with _seeded(65):
+    with seeded(65):
         source = GPTModel(CONVERT_CONFIG).eval()
         target = GPTModel(CONVERT_CONFIG).eval()
         ids = torch.randint(0, CONVERT_CONFIG.vocab_size, (2, 12))

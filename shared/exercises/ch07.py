@@ -8,16 +8,14 @@ correct code on the same inputs. Where a wrong answer matches a common mistake, 
 
 import copy
 import math
-import numbers
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shared.exercises import NotYet, exercise, expect
+from shared.exercises import NotYet, as_number, exercise, expect, seeded
 from shared.model import GPTConfig, GPTModel
 from shared.runtime import eval_mode
 from shared.train import TrainConfig, cross_entropy, lr_at
@@ -37,32 +35,6 @@ IGNORE_ID = -100
 BPC_LOSS, BPC_CHARACTERS, BPC_TOKENS = 3.6, 111_540, 49_422
 # 7.4 and 7.5: a model small enough to train in milliseconds.
 TINY = GPTConfig(vocab_size=50, context_length=16, emb_dim=32, n_heads=2, n_layers=1)
-
-
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed PyTorch's CPU generator for a block, on one thread; the learner's random state and
-    thread count are restored after it. (The checkers' models are tiny: a second thread only adds
-    synchronisation, which costs seconds on a busy machine.)"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _is_number(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _as_float(value: object, what: str) -> float:
-    if isinstance(value, Tensor) and value.numel() == 1:
-        return float(value.item())
-    expect(_is_number(value), f"{what} should be a number, got {type(value).__name__}: {value!r}.")
-    return float(value)
 
 
 # -- 7.1 ---------------------------------------------------------------------------------------------
@@ -107,7 +79,7 @@ def check_schedule(lr_schedule) -> str:
     expect(callable(lr_schedule), f"Pass your function itself, not {type(lr_schedule).__name__}.")
     for config in SCHEDULES:
         expected = [lr_at(step, config) for step in range(config.max_steps)]
-        got = [_as_float(lr_schedule(step, config), f"lr_schedule({step}, config)") for step in range(config.max_steps)]
+        got = [as_number(lr_schedule(step, config), f"lr_schedule({step}, config)") for step in range(config.max_steps)]
         wrong = [s for s in range(config.max_steps)
                  if not math.isclose(got[s], expected[s], rel_tol=1e-6, abs_tol=1e-12)]
         if not wrong:
@@ -217,8 +189,7 @@ def _true_bpc() -> float:
 
 @exercise("7.3", "Predict the bits per character")
 def check_bpc(prediction) -> str:
-    expect(_is_number(prediction), f"Your prediction should be one number (bits per character), got {prediction!r}.")
-    value, true = float(prediction), _true_bpc()
+    value, true = as_number(prediction, "Your prediction (bits per character)"), _true_bpc()
     if abs(value - true) <= 0.006:
         return (f"{true:.3f} bits per character: {BPC_LOSS} nats per token x {BPC_TOKENS:,} tokens / "
                 f"{BPC_CHARACTERS:,} characters / ln 2. Better than nanoGPT's baby GPT (2.72).")
@@ -276,7 +247,7 @@ def _reference_steps(model: nn.Module, optimizer, batches, max_norm: float, *, z
 def _run_steps(step_fn, model: nn.Module, **variant) -> tuple[object, nn.Module]:
     model = copy.deepcopy(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=STEP_LR)
-    with _seeded(740):
+    with seeded(740):
         if step_fn is None:
             return _reference_steps(model, optimizer, _batches(), STEP_MAX_NORM, **variant), model
         return step_fn(model, optimizer, _batches(), STEP_MAX_NORM), model
@@ -289,7 +260,7 @@ def _same_parameters(a: nn.Module, b: nn.Module) -> bool:
 @exercise("7.4", "Find the bug: a training step")
 def check_training_steps(train_steps) -> str:
     expect(callable(train_steps), f"Pass your function itself, not {type(train_steps).__name__}.")
-    with _seeded(74):
+    with seeded(74):
         start = GPTModel(TINY)
     losses, trained = _run_steps(train_steps, start)
     right_losses, right = _run_steps(None, start)
@@ -323,7 +294,7 @@ def check_training_steps(train_steps) -> str:
         f"Return the list of the {N_STEPS} losses (one float per step), as train_steps_buggy does.",
     )
     expect(
-        all(math.isclose(_as_float(a, "each loss"), b, rel_tol=1e-5)
+        all(math.isclose(as_number(a, "each loss"), b, rel_tol=1e-5)
             for a, b in zip(losses, right_losses, strict=True)),
         "The parameters are right but the returned losses are not each step's loss (loss.item(), before the step).",
     )
@@ -352,17 +323,17 @@ def _eval_reference(model: nn.Module, batches: list[tuple[Tensor, Tensor]], max_
 @exercise("7.5", "Find the bug: an evaluation in the middle of a run")
 def check_validation_loss(validation_loss) -> str:
     expect(callable(validation_loss), f"Pass your function itself, not {type(validation_loss).__name__}.")
-    with _seeded(75):
+    with seeded(75):
         model = GPTModel(replace(TINY, drop_rate=0.3))
         loader = _eval_batches()
         grad_enabled: list[bool] = []
         hook = model.register_forward_pre_hook(lambda module, args: grad_enabled.append(torch.is_grad_enabled()))
         model.train()  # in the middle of a run
         try:
-            first = _as_float(validation_loss(model, loader, EVAL_MAX_BATCHES), "validation_loss(...)")
+            first = as_number(validation_loss(model, loader, EVAL_MAX_BATCHES), "validation_loss(...)")
             mode_after = model.training
             model.train()
-            second = _as_float(validation_loss(model, loader, EVAL_MAX_BATCHES), "validation_loss(...)")
+            second = as_number(validation_loss(model, loader, EVAL_MAX_BATCHES), "validation_loss(...)")
             model.eval()  # and called on a model that is already in eval mode
             validation_loss(model, loader, EVAL_MAX_BATCHES)
             stays_in_eval = not model.training

@@ -9,14 +9,12 @@ a common mistake, the hint names it.
 
 import math
 import numbers
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 from shared.attention import KVCache
-from shared.exercises import NotYet, exercise, expect
+from shared.exercises import NotYet, describe, exercise, expect, seeded
 from shared.generate import generate, top_p_filter
 from shared.model import GPTConfig, GPTModel
 from shared.settings import GPT_GPU
@@ -41,27 +39,8 @@ DECODE_CONFIG = GPTConfig(vocab_size=61, context_length=64, emb_dim=32, n_heads=
 CACHE_CONFIG, CACHE_BATCH, CACHE_BYTES_PER_NUMBER = GPT_GPU, 16, 2
 
 
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed PyTorch's CPU generator for a block, on one thread; the learner's random state and
-    thread count are restored after it. (The checkers' models are tiny: a second thread only adds
-    synchronisation, which costs seconds on a busy machine.)"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _is_number(x: object) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _describe(x: object) -> str:
-    return f"a tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
 # -- 8.1 ---------------------------------------------------------------------------------------------
@@ -95,7 +74,7 @@ def check_min_p(min_p_filter) -> str:
                                            "(masked_fill, not masked_fill_).")
         expect(
             isinstance(out, Tensor) and out.shape == logits.shape,
-            f"Return logits of the input's shape {tuple(logits.shape)} (batch, vocab), got {_describe(out)}.",
+            f"Return logits of the input's shape {tuple(logits.shape)} (batch, vocab), got {describe(out)}.",
         )
         expected = min_p_reference(logits, min_p)
         kept, should_keep = out > float("-inf"), expected > float("-inf")
@@ -194,7 +173,7 @@ def check_repetition_penalty(repetition_penalty) -> str:
            "rather than scatter_).")
     expect(
         isinstance(out, Tensor) and out.shape == logits.shape,
-        f"Return logits of the input's shape {tuple(logits.shape)} (batch, vocab), got {_describe(out)}.",
+        f"Return logits of the input's shape {tuple(logits.shape)} (batch, vocab), got {describe(out)}.",
     )
     expected = repetition_penalty_reference(logits, previous, penalty)
     if torch.allclose(out, expected, atol=1e-6):
@@ -251,7 +230,7 @@ PROMPT_LENGTHS, NEW_TOKENS = (5, 3, 7), 8
 @exercise("8.4", "Find the bug: decoding several prompts with a cache")
 def check_complete_all(complete_all) -> str:
     expect(callable(complete_all), f"Pass your function itself, not {type(complete_all).__name__}.")
-    with _seeded(84):
+    with seeded(84):
         model = GPTModel(DECODE_CONFIG).eval()
         with torch.no_grad():  # larger weights than at initialisation: every prompt gets its own continuation
             for p in model.parameters():
@@ -263,13 +242,13 @@ def check_complete_all(complete_all) -> str:
         expected = [generate(model, p, NEW_TOKENS, use_cache=False) for p in prompts]
     expect(
         isinstance(outputs, (list, tuple)) and len(outputs) == len(prompts),
-        f"Return one tensor per prompt ({len(prompts)} here), as complete_all_buggy does; got {_describe(outputs)}.",
+        f"Return one tensor per prompt ({len(prompts)} here), as complete_all_buggy does; got {describe(outputs)}.",
     )
     for k, (out, right, prompt) in enumerate(zip(outputs, expected, prompts, strict=True)):
         expect(
             isinstance(out, Tensor) and out.shape == right.shape,
             f"Prompt {k} has {prompt.shape[1]} tokens, so its result should have shape {tuple(right.shape)} "
-            f"(prompt + {NEW_TOKENS} new tokens), got {_describe(out)}.",
+            f"(prompt + {NEW_TOKENS} new tokens), got {describe(out)}.",
         )
         if not torch.equal(out, right):
             first = int((out != right)[0].nonzero()[0]) - prompt.shape[1]

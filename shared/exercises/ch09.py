@@ -16,8 +16,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from shared.attention import repeat_kv
-from shared.exercises import NotYet, exercise, expect
-from shared.exercises.ch03 import run_answer, seeded
+from shared.exercises import NotYet, describe, exercise, expect, run_answer, seeded
 from shared.llama import (
     LlamaConfig,
     LlamaModel,
@@ -39,10 +38,6 @@ COUNT_CONFIG = LlamaConfig(
 # 9.5: small, with grouped-query attention, so that a fix must keep repeat_kv working too.
 BUG_CONFIG = LlamaConfig(vocab_size=97, context_length=32, emb_dim=32, n_heads=4, n_kv_heads=2, n_layers=2,
                          hidden_dim=96)
-
-
-def _describe(x: object) -> str:
-    return f"a tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
 def _near(a: Tensor, b: Tensor, atol: float) -> bool:
@@ -83,7 +78,7 @@ def check_rms_norm(rms_norm) -> str:
     out = run_answer(rms_norm, x_given, weight, eps)
     expect(isinstance(out, Tensor) and tuple(out.shape) == tuple(x.shape),
            f"rms_norm of a {tuple(x.shape)} tensor (batch, seq, emb_dim) should keep that shape; yours returned "
-           f"{_describe(out)}. Take the mean over the last axis with keepdim=True, so it broadcasts back.")
+           f"{describe(out)}. Take the mean over the last axis with keepdim=True, so it broadcasts back.")
     expect(torch.equal(x_given, x), "Your function changed its input x in place; compute a new tensor instead.")
     expected = _rms_reference(x, weight, eps)
     if not _near(out, expected, 1e-4):
@@ -118,7 +113,7 @@ def check_rms_norm(rms_norm) -> str:
     out16 = run_answer(rms_norm, big, weight16, eps)
     expected16 = _rms_reference(big, weight16, eps)
     expect(isinstance(out16, Tensor) and tuple(out16.shape) == tuple(big.shape),
-           f"On a float16 input of shape {tuple(big.shape)} your function returned {_describe(out16)}.")
+           f"On a float16 input of shape {tuple(big.shape)} your function returned {describe(out16)}.")
     if not bool(torch.isfinite(out16).all()) or bool((out16 == 0).any()):
         raise NotYet("Right in float32, but on a float16 input with features around 300 your output holds zeros, "
                      "inf or NaN: the squares (about 90,000) overflow float16, whose largest number is 65,504. Do "
@@ -169,7 +164,7 @@ def check_rope(rope) -> str:
     out = run_answer(rope, x_given, positions, 10_000.0)
     expect(isinstance(out, Tensor) and tuple(out.shape) == tuple(x.shape),
            f"rope of a {tuple(x.shape)} tensor (batch, heads, seq, head_dim) should keep its shape; yours returned "
-           f"{_describe(out)}.")
+           f"{describe(out)}.")
     expect(torch.equal(x_given, x), "Your function changed its input x in place; compute a new tensor instead.")
     expected = _rope_expected(x, positions, 10_000.0)
     if not _near(out, expected, 1e-4):
@@ -240,7 +235,7 @@ def check_to_halves(to_halves_layout) -> str:
     expect(torch.equal(given, w_q), "Your function changed the matrix it was given; return a new one instead.")
     expect(isinstance(got_q, Tensor) and tuple(got_q.shape) == tuple(w_q.shape),
            f"W_q has shape {tuple(w_q.shape)} (n_heads * head_dim, emb_dim) and keeps it; yours returned "
-           f"{_describe(got_q)}.")
+           f"{describe(got_q)}.")
     expected_q = w_q[_rows_per_head(HEADS, HEAD_DIM)]
     if not torch.equal(got_q, expected_q):
         perm = halves_permutation(HEAD_DIM)
@@ -365,7 +360,7 @@ def check_cached_rope(attention_class) -> str:
         expected = reference(ids)
         uncached = run_answer(model, ids)
         expect(isinstance(uncached, Tensor) and uncached.shape == expected.shape,
-               f"The model with your attention returned {_describe(uncached)} for ids of shape {tuple(ids.shape)}; "
+               f"The model with your attention returned {describe(uncached)} for ids of shape {tuple(ids.shape)}; "
                f"expected logits of shape {tuple(expected.shape)}.")
         gap = (uncached - expected).abs().max().item()
         expect(gap < 1e-4,
