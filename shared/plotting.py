@@ -121,5 +121,8 @@ def plot_steps(history: History, config: TrainConfig | None = None, ax=None, smo
         more_handles, more_labels = lr_axis.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
         ax.lr_axis = lr_axis
-    ax.legend(handles, labels, loc="upper right")
+    # Below the axes: inside, the legend would hide part of the learning-rate curve or the losses.
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(labels), fontsize="small",
+              frameon=False)
+    ax.figure.tight_layout()
     return ax
