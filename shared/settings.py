@@ -151,10 +151,10 @@ def _gpu() -> Setting:
 
 
 def _smoke(setting: Setting) -> Setting:
-    run = replace(setting.run, max_steps=SMOKE_STEPS, warmup_steps=1, eval_every=SMOKE_STEPS, eval_batches=2,
+    run = replace(setting.run, max_steps=SMOKE_STEPS, warmup_steps=1, eval_every=SMOKE_STEPS, eval_batches=1,
                   sample_tokens=8)
-    return replace(setting, smoke=True, batch_size=min(setting.batch_size, 8), run=run,
-                   ablation_steps=SMOKE_STEPS, ablation_batch=min(setting.ablation_batch, 8), ablation_seeds=2)
+    return replace(setting, smoke=True, batch_size=min(setting.batch_size, 4), run=run,
+                   ablation_steps=SMOKE_STEPS, ablation_batch=min(setting.ablation_batch, 4), ablation_seeds=2)
 
 
 def pick_setting(device: torch.device | str | None = None, name: str | None = None,

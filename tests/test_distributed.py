@@ -20,6 +20,8 @@ from shared.shapes import shape_checks_enabled
 from shared.train import TrainConfig, train
 from shared.train.__main__ import main, parse_args
 
+pytestmark = pytest.mark.slow  # each test starts two or three Python processes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # -- the sampler --------------------------------------------------------------------------------

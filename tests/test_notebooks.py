@@ -102,6 +102,7 @@ def test_readme_lists_every_chapter_with_a_colab_badge():
 SWITCHED = [p for p in NOTEBOOKS if "pick_setting(" in p.read_text(encoding="utf-8")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SWITCHED, ids=lambda p: p.stem)
 def test_the_gpu_setting_runs_top_to_bottom_on_the_cpu(path, monkeypatch):
     """The GPU path, at smoke scale: every cell must run (outputs are not compared)."""

@@ -1,0 +1,43 @@
+"""Test-run settings for everything pytest collects: the unit tests in tests/ and the notebooks.
+
+It lives at the repository root, not in tests/, so that it also applies when pytest is given only
+notebooks (``pytest notebooks/07_training.ipynb``).
+"""
+
+import os
+
+# Under pytest-xdist (pyproject's addopts run one worker per core), every worker and every notebook
+# kernel it starts uses one thread: two workers with two threads each on two cores spin-wait for
+# each other and run several times slower than one worker alone. The stored outputs do not depend on
+# the thread count (the notebooks print rounded numbers; OMP_NUM_THREADS=1 is part of what CI checks).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first (a stable sort): xdist hands out the notebooks first (the largest units),
+    then single tests in this order, so the long ones do not start last and leave a worker idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist, keep each notebook's cells together, in order, on one worker.
+
+    nbval runs a notebook's cells one after another in a single kernel, so they must not be spread
+    over workers (``--dist load``). Chapter 8 loads the checkpoint chapter 7 writes, so those two
+    chapters form one unit, with chapter 7 first: from a fresh clone, chapter 8 would otherwise
+    train a stand-in and its outputs would not match the stored ones. Every other test is a unit of
+    its own. (``--dist loadgroup`` would say this with marks, but it loses its groups on pytest >= 9.2.)
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebookScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            if not path.endswith(".ipynb"):
+                return nodeid
+            if path.startswith(("notebooks/07_", "notebooks/08_")):
+                return "notebooks 7 and 8"
+            return path
+
+    return NotebookScheduling(config, log)
