@@ -20,6 +20,14 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+# Test files whose tests share a slow module-scoped fixture: split over two workers, each would build it.
+ONE_WORKER_FILES = {
+    "tests/test_distributed.py",  # runs the trainer in one and in two processes
+    "tests/test_generate.py",  # builds a Hugging Face model
+    "tests/test_tokenizer.py",  # loads GPT-2's merges and trains a BPE
+}
+
+
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist, keep each notebook's cells together, in order, on one worker.
 
@@ -27,13 +35,16 @@ def pytest_xdist_make_scheduler(config, log):
     over workers (``--dist load``). Chapter 8 loads the checkpoint chapter 7 writes, so those two
     chapters form one unit, with chapter 7 first: from a fresh clone, chapter 8 would otherwise
     train a stand-in and its outputs would not match the stored ones. Every other test is a unit of
-    its own. (``--dist loadgroup`` would say this with marks, but it loses its groups on pytest >= 9.2.)
+    its own, except in ONE_WORKER_FILES, whose module-scoped fixtures are too slow to build twice.
+    (``--dist loadgroup`` would say this with marks, but it loses its groups on pytest >= 9.2.)
     """
     from xdist.scheduler import LoadScopeScheduling
 
     class NotebookScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
+            if path in ONE_WORKER_FILES:
+                return path
             if not path.endswith(".ipynb"):
                 return nodeid
             if path.startswith(("notebooks/07_", "notebooks/08_")):
