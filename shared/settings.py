@@ -133,9 +133,10 @@ def _cpu() -> Setting:
 
 
 def _gpu() -> Setting:
-    # 600 steps of 64 x 256 tokens: about 24 passes over the 411k training tokens, where nanoGPT's model of this size
-    # scored its best on characters (25 passes). An estimate from scaled runs on a CPU (README, "The GPU setting"),
-    # not yet confirmed on a GPU. Compute: 6 x 11.5 M x 9.8 M tokens = 6.8e14 FLOPs, an eighth of nanoGPT's run.
+    # 600 steps of 64 x 256 tokens: each of the 411k training tokens seen about 24 times (12 passes over the
+    # half-overlapping windows); nanoGPT's model of this size scored its best on characters after about 25. An
+    # estimate from a scaled run on a CPU (README, "The GPU setting"), not yet confirmed on a GPU. Compute:
+    # 6 x 11.5 M x 9.8 M tokens = 6.8e14 FLOPs, an eighth of nanoGPT's full 5,000-iteration run.
     run = TrainConfig(max_steps=600, lr=1e-3, min_lr=1e-4, warmup_steps=100, eval_every=100, eval_batches=20,
                       sample_prompt="ROMEO:", sample_tokens=40)
     return Setting(
