@@ -175,22 +175,8 @@ class BuggyCachedAttention(LlamaAttention):  # as in the notebook: every call ro
         return self.o_proj(rearrange(context, "b h t d -> b t (h d)"))
 
 
-class FixedCachedAttention(BuggyCachedAttention):
-    def forward(self, x: Float[Tensor, "batch seq emb_dim"], cache=None) -> Float[Tensor, "batch seq emb_dim"]:
-        seq = x.shape[1]
-        start = cache.seq_len if cache is not None else 0
-        check_context(seq, start, self.context_length)
-        q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=self.n_heads)
-        k = rearrange(self.k_proj(x), "b t (h d) -> b h t d", h=self.kv_heads)
-        v = rearrange(self.v_proj(x), "b t (h d) -> b h t d", h=self.kv_heads)
-        cos, sin = self.cos[start : start + seq], self.sin[start : start + seq]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(k, v)
-        groups = self.n_heads // self.kv_heads
-        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-        context = attend(q, k, v, self.mask[start : start + seq, : start + seq], self.dropout)
-        return self.o_proj(rearrange(context, "b h t d -> b t (h d)"))
+class FixedCachedAttention(LlamaAttention):
+    """The fix is shared.llama's own forward, which rotates from the cache's length, not from 0."""
 
 
 class OnlyQueriesFixed(BuggyCachedAttention):  # keys still rotated from position 0
