@@ -23,16 +23,42 @@ import torch
 from shared.corpus import read_text_file, text_bpe, tiny_shakespeare
 from shared.datasets import create_dataloader, train_val_split
 from shared.llama import LlamaModel
-from shared.model import GPTModel, count_parameters
+from shared.model import GPTConfig, GPTModel, count_parameters
 from shared.runtime import pick_device
-from shared.settings import llama_like, pick_setting
+from shared.settings import Setting, llama_like, pick_setting
 from shared.shapes import shape_checks
 from shared.train.checkpoint import CheckpointMismatchError
 from shared.train.distributed import barrier, init_distributed, shutdown_distributed
-from shared.train.loop import PRECISIONS, bits_per_character, train
+from shared.train.loop import PRECISIONS, TrainConfig, bits_per_character, train
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def _number(kind: type, low: float, *, low_included: bool, high: float | None = None, what: str):
+    """An argparse ``type`` that reads ``kind`` and refuses values outside [low, high) with a clear message.
+
+    Only an absent option takes the setting's value: ``--batch-size 0`` is an error, never "the default".
+    """
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        too_low = value < low if low_included else value <= low
+        if too_low or (high is not None and value >= high) or value != value:  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, 0, low_included=False, what="a whole number of at least 1")
+non_negative_int = _number(int, 0, low_included=True, what="a whole number of at least 0")
+positive_float = _number(float, 0.0, low_included=False, high=float("inf"), what="a number above 0")
+non_negative_float = _number(float, 0.0, low_included=True, high=float("inf"), what="a number of at least 0")
+rate = _number(float, 0.0, low_included=True, high=1.0, what="a rate of at least 0 and below 1")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shared.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -46,28 +72,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="a UTF-8 text file to train on: its first 90%% trains (and trains the BPE tokenizer), the "
                            "last 10%% validates (default: Tiny Shakespeare)")
     sizes = parser.add_argument_group("model sizes (default: the setting's)")
-    sizes.add_argument("--vocab", type=int, help="BPE vocabulary size, trained on the training text")
-    sizes.add_argument("--context", type=int, help="context length in tokens")
-    sizes.add_argument("--emb", type=int, help="embedding width (emb_dim)")
-    sizes.add_argument("--heads", type=int, help="attention heads")
-    sizes.add_argument("--layers", type=int, help="transformer blocks")
-    sizes.add_argument("--kv-heads", type=int, help="key/value heads, fewer than --heads for grouped-query "
+    sizes.add_argument("--vocab", type=positive_int, help="BPE vocabulary size, trained on the training text")
+    sizes.add_argument("--context", type=positive_int, help="context length in tokens")
+    sizes.add_argument("--emb", type=positive_int, help="embedding width (emb_dim)")
+    sizes.add_argument("--heads", type=positive_int, help="attention heads")
+    sizes.add_argument("--layers", type=positive_int, help="transformer blocks")
+    sizes.add_argument("--kv-heads", type=positive_int, help="key/value heads, fewer than --heads for grouped-query "
                                                      "attention (llama only)")
-    sizes.add_argument("--dropout", type=float, help="dropout rate")
+    sizes.add_argument("--dropout", type=rate, help="dropout rate")
     run = parser.add_argument_group("training (default: the setting's)")
-    run.add_argument("--steps", type=int, help="optimizer steps (the learning-rate schedule ends there)")
-    run.add_argument("--batch-size", type=int,
+    run.add_argument("--steps", type=positive_int, help="optimizer steps (the learning-rate schedule ends there)")
+    run.add_argument("--batch-size", type=positive_int,
                      help="the GLOBAL batch, in windows per step: split equally among the processes")
-    run.add_argument("--micro-batch-size", type=int,
+    run.add_argument("--micro-batch-size", type=positive_int,
                      help="windows per forward pass in each process; gradients of several are accumulated "
                           "(default: the process's whole share)")
-    run.add_argument("--lr", type=float, help="peak learning rate")
-    run.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine decay")
-    run.add_argument("--warmup", type=int, help="linear warmup steps")
-    run.add_argument("--weight-decay", type=float, help="AdamW weight decay (matrices only)")
-    run.add_argument("--eval-every", type=int, help="steps between evaluations (and checkpoints)")
-    run.add_argument("--eval-batches", type=int, help="validation batches per evaluation")
-    run.add_argument("--seed", type=int, help="seed of the weights, the batch order and dropout")
+    run.add_argument("--lr", type=positive_float, help="peak learning rate")
+    run.add_argument("--min-lr", type=non_negative_float, help="learning rate at the end of the cosine decay")
+    run.add_argument("--warmup", type=non_negative_int, help="linear warmup steps")
+    run.add_argument("--weight-decay", type=non_negative_float, help="AdamW weight decay (matrices only)")
+    run.add_argument("--eval-every", type=positive_int, help="steps between evaluations (and checkpoints)")
+    run.add_argument("--eval-batches", type=positive_int, help="validation batches per evaluation")
+    run.add_argument("--seed", type=non_negative_int, help="seed of the weights, the batch order and dropout")
     run.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 or fp16 on CUDA, fp32 elsewhere")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
     run.add_argument("--device", help="cpu, cuda, mps (default: the fastest available; under torchrun on CUDA, "
@@ -77,15 +103,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="folder for checkpoint.pt, history.json and loss.png (default: runs/train)")
     out.add_argument("--resume", action="store_true",
                      help="continue the run saved in --out/checkpoint.pt, with the same settings")
-    out.add_argument("--stop-at-step", type=int,
+    out.add_argument("--stop-at-step", type=positive_int,
                      help="pause after this step, with a checkpoint, as if interrupted (the schedule still runs to "
                           "--steps); continue later with --resume")
     out.add_argument("--quiet", action="store_true", help="no progress bar and no per-evaluation lines")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _override(obj, **changes):
     return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})
+
+
+def plan_run(args: argparse.Namespace, setting: Setting, vocab_size: int) -> tuple[GPTConfig, int, TrainConfig]:
+    """The model's config, the global batch and the training config: an option given on the command line
+    replaces the setting's value; an absent one (``None``) keeps it. ``parse_args`` has already refused
+    zero and negative numbers, so no given value is mistaken for "not given"."""
+    gpt = _override(setting.gpt, vocab_size=vocab_size, context_length=args.context, emb_dim=args.emb,
+                    n_heads=args.heads, n_layers=args.layers, drop_rate=args.dropout)
+    if args.model == "gpt" and args.kv_heads is not None:
+        raise ValueError("--kv-heads is for --model llama (grouped-query attention); GPTModel has none")
+    batch_size = setting.batch_size if args.batch_size is None else args.batch_size
+    config = _override(setting.run, max_steps=args.steps, lr=args.lr, min_lr=args.min_lr,
+                       warmup_steps=args.warmup, weight_decay=args.weight_decay, eval_every=args.eval_every,
+                       eval_batches=args.eval_batches, seed=args.seed, precision=args.precision)
+    if args.steps is not None and args.warmup is None:
+        config = dataclasses.replace(config, warmup_steps=min(config.warmup_steps, max(0, args.steps // 10)))
+    config = dataclasses.replace(config, checkpoint_path=str(args.out / "checkpoint.pt"),
+                                 compile=args.compile or config.compile, stop_at_step=args.stop_at_step)
+    return gpt, batch_size, config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,25 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         setting = pick_setting(device, args.setting)
         text = read_text_file(args.data) if args.data else tiny_shakespeare()
         train_text, val_text = train_val_split(text)
-        vocab = args.vocab or setting.vocab_size
+        vocab = setting.vocab_size if args.vocab is None else args.vocab
         if here.is_main:  # one process trains (and caches) the tokenizer, the others then load it
             tokenizer = text_bpe(train_text, vocab)
         barrier()
         if not here.is_main:
             tokenizer = text_bpe(train_text, vocab)
-        gpt = _override(setting.gpt, vocab_size=tokenizer.vocab_size, context_length=args.context, emb_dim=args.emb,
-                        n_heads=args.heads, n_layers=args.layers, drop_rate=args.dropout)
-        if args.model == "gpt" and args.kv_heads is not None:
-            raise ValueError("--kv-heads is for --model llama (grouped-query attention); GPTModel has none")
-        batch_size = args.batch_size or setting.batch_size
-        config = _override(setting.run, max_steps=args.steps, lr=args.lr, min_lr=args.min_lr,
-                           warmup_steps=args.warmup, weight_decay=args.weight_decay, eval_every=args.eval_every,
-                           eval_batches=args.eval_batches, seed=args.seed, precision=args.precision)
-        if args.steps is not None and args.warmup is None:
-            config = dataclasses.replace(config, warmup_steps=min(config.warmup_steps, max(0, args.steps // 10)))
-        config = dataclasses.replace(config, checkpoint_path=str(args.out / "checkpoint.pt"),
-                                     compile=args.compile or config.compile, stop_at_step=args.stop_at_step,
-                                     progress=here.is_main and not args.quiet)
+        gpt, batch_size, config = plan_run(args, setting, tokenizer.vocab_size)
+        config = dataclasses.replace(config, progress=here.is_main and not args.quiet)
         train_ids, val_ids = tokenizer.encode(train_text), tokenizer.encode(val_text)
         context = gpt.context_length
         train_loader = create_dataloader(train_ids, batch_size=batch_size, context_length=context,
