@@ -37,6 +37,16 @@ def code_cells(nb: dict) -> list[dict]:
     return [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
 
 
+def repository_url() -> str:
+    """The course repository's URL: pyproject.toml's [project.urls].Repository, its one home."""
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+
+
+def setup_cell(path: Path) -> str:
+    """The source of a notebook's first code cell: the setup cell that also runs on Colab."""
+    return "".join(code_cells(load(path))[0]["source"])
+
+
 def test_every_notebook_is_a_known_chapter():
     names = [p.stem for p in NOTEBOOKS]
     assert names, "no notebooks found"
@@ -81,8 +91,8 @@ def test_outputs_are_reproducible_text(path):
 
 
 def test_every_notebook_opens_with_the_same_setup_cell_and_the_repository_url():
-    url = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
-    first_cells = {str(p): "".join(code_cells(load(p))[0]["source"]) for p in ALL_NOTEBOOKS}
+    url = repository_url()
+    first_cells = {str(p): setup_cell(p) for p in ALL_NOTEBOOKS}
     reference = first_cells[str(NOTEBOOKS[0])]
     assert f'REPO_URL = "{url}"' in reference
     assert "setup_notebook(" in reference and "google.colab" in reference
@@ -92,8 +102,7 @@ def test_every_notebook_opens_with_the_same_setup_cell_and_the_repository_url():
 
 def test_readme_lists_every_chapter_with_a_colab_badge():
     readme = (ROOT / "README.md").read_text()
-    url = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
-    repo = re.sub(r"^https://github.com/", "", url)
+    repo = re.sub(r"^https://github.com/", "", repository_url())
     for path in NOTEBOOKS:
         badge = f"https://colab.research.google.com/github/{repo}/blob/main/notebooks/{path.name}"
         assert badge in readme, f"README has no Open-in-Colab link for {path.name}"
