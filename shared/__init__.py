@@ -17,15 +17,18 @@ with install_import_hook("shared", "shared.typechecker"):
         corpus,
         datasets,
         diagrams,
+        dpo,  # noqa: F401 -- checked like the rest; joins __all__ once README documents it
         embeddings,
         exercises,
         files,
         generate,
         llama,
+        lora,  # noqa: F401 -- checked like the rest; joins __all__ once README documents it
         model,
         plotting,
         runtime,
         settings,
+        sft,  # noqa: F401 -- checked like the rest; joins __all__ once README documents it
         shapes,
         tokenizer,
         train,
