@@ -17,6 +17,7 @@ with install_import_hook("shared", "shared.typechecker"):
         corpus,
         datasets,
         diagrams,
+        display,
         dpo,  # noqa: F401 -- checked like the rest; joins __all__ once README documents it
         embeddings,
         exercises,
@@ -40,6 +41,7 @@ __all__ = [
     "corpus",
     "datasets",
     "diagrams",
+    "display",
     "embeddings",
     "exercises",
     "files",

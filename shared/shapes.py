@@ -8,6 +8,7 @@ Checks are on by default. Switch them off for speed either before starting Pytho
 environment variable ``JAXTYPING_DISABLE=1``, or at run time with :func:`set_shape_checks`.
 """
 
+import re
 import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from torch import Tensor
 __all__ = [
     "ShapeError",
     "compile_model",
+    "describe_type_check_error",
     "set_shape_checks",
     "shape_checks",
     "shape_checks_enabled",
@@ -48,6 +50,34 @@ def strict_matmul(a: Float[Tensor, "*batch m k"], b: Float[Tensor, "*batch k n"]
             "Transpose or rearrange one operand so the dimensions line up."
         )
     return torch.matmul(a, b)
+
+
+def describe_type_check_error(error: jaxtyping.TypeCheckError) -> str:
+    """jaxtyping's message in one line: which function, which argument (or the return value), the shape
+    it got, the annotation, and the sizes the other arguments had already bound.
+
+    ``parameter 'keys' of attention_scores is f32[1,7,4], annotated Float[Tensor, 'batch seq d_out']
+    (batch=2, seq=7, d_out=4)``
+    """
+    text = str(error)
+    first = text.splitlines()[0] if text else ""
+    function = re.search(r"of (\S+?)\.?$", first)
+    name = function.group(1).removeprefix("__main__.") if function else "a function"
+    if "return value" in first:
+        where = f"the return value of {name}"
+    elif found := re.search(r"parameter '(\w+)'", text):
+        where = f"parameter {found.group(1)!r} of {name}"
+    else:
+        where = f"an argument of {name}"
+    actual = re.search(r"Actual value: (\S+)", text)
+    expected = re.search(r"Expected type: (?:<class ')?(.*?)(?:'>)?\.?$", text, re.M)
+    said = where
+    if actual and expected:
+        said += f" is {actual.group(1).removesuffix('(torch)')}, annotated {expected.group(1)}"
+    bound = text.split("are as follows.")[-1].split() if "are as follows." in text else []
+    if bound:
+        said += f" ({', '.join(bound)})"
+    return said
 
 
 def shape_checks_enabled() -> bool:
