@@ -14,8 +14,9 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
-from shared.exercises import NotYet, Result, check, exercise, expect, registered
+from shared.exercises import NotYet, Result, badge, check, exercise, expect, own_work, registered
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((ROOT / "notebooks").glob("0[1-9]_*.ipynb"))
@@ -70,6 +71,57 @@ def test_check_gives_one_line_verdicts_and_never_raises_for_a_wrong_answer(capsy
     with pytest.raises(KeyError, match=r"there is no exercise 99\.9"):
         check("99.9", stub)
     assert isinstance(wrong, Result) and issubclass(NotYet, Exception)
+
+
+def _course_softmax(x):
+    return x.exp() / x.exp().sum()
+
+
+class _CourseModule:
+    def forward(self, x):
+        return x
+
+
+def test_own_work_refuses_the_courses_own_version_in_every_disguise():
+    def delegates(x):
+        return _course_softmax(x)
+
+    class Subclass(_CourseModule):
+        pass
+
+    class Wraps:
+        def forward(self, x):
+            return _course_softmax(x)
+
+    for answer in [_course_softmax, delegates, lambda x: _course_softmax(x), Subclass, Wraps]:
+        with pytest.raises(NotYet, match=r"That is the course's own (_course_softmax|_CourseModule)"):
+            own_work(answer, _course_softmax, _CourseModule)
+        assert check_own_work(answer).status == "not yet"
+
+    def written(x):
+        e = x.exp()
+        return e / e.sum()
+
+    own_work(written, _course_softmax, _CourseModule)  # no error: the learner's own code
+    assert check_own_work(written).passed
+
+
+@exercise("0.2", "a test exercise: softmax, written yourself", level=2, minutes=10)
+def _check_softmax(answer):
+    own_work(answer, _course_softmax, _CourseModule)
+    expect(abs(float(answer(torch.tensor([0.0, 0.0]))[0]) - 0.5) < 1e-6, "softmax of two zeros is a half each")
+
+
+def check_own_work(answer):
+    return check("0.2", answer, quiet=True)
+
+
+def test_badge_shows_the_level_and_the_minutes():
+    assert badge("0.2") == "*★★☆ practice · about 10 minutes*"
+    with pytest.raises(ValueError, match="no level or minutes"):
+        badge("0.1")
+    with pytest.raises(ValueError, match="level must be one of"):
+        exercise("0.3", "bad level", level=4, minutes=5)
 
 
 # -- every chapter ---------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ with :func:`exercise`. The solutions are in ``notebooks/solutions/``.
 
 import importlib
 import numbers
-import re
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -25,16 +24,21 @@ import torch
 from jaxtyping import TypeCheckError
 from torch import Tensor
 
+from shared.shapes import describe_type_check_error
+
 __all__ = [
+    "LEVELS",
     "NotYet",
     "Result",
     "as_number",
     "as_shape",
+    "badge",
     "check",
     "close",
     "describe",
     "exercise",
     "expect",
+    "own_work",
     "registered",
     "rounded",
     "run_answer",
@@ -70,30 +74,52 @@ class Result:
         return f"{text} {self.message}".rstrip()
 
 
+LEVELS = {1: "★☆☆ warm-up", 2: "★★☆ practice", 3: "★★★ challenge"}
+
+
 @dataclass(frozen=True)
 class _Exercise:
     number: str
     title: str
     checker: Callable[[object], str | None]
+    level: int | None = None
+    minutes: int | None = None
 
 
 _REGISTRY: dict[str, _Exercise] = {}
 
 
-def exercise(number: str, title: str) -> Callable:
+def exercise(number: str, title: str, *, level: int | None = None, minutes: int | None = None) -> Callable:
     """Register the decorated function as the checker of exercise ``number`` (e.g. ``"6.2"``).
+
+    ``level`` (1 warm-up, 2 practice, 3 challenge) and ``minutes`` (the time it should take) are shown
+    under the exercise's heading in the notebook, as :func:`badge` writes them.
 
     The checker receives the learner's answer. It returns nothing (or a sentence saying what
     passed), or raises :class:`NotYet` with what was wrong and a hint.
     """
+    if level is not None and level not in LEVELS:
+        raise ValueError(f"exercise {number}: level must be one of {sorted(LEVELS)}, got {level}")
+    if minutes is not None and minutes < 1:
+        raise ValueError(f"exercise {number}: minutes must be at least 1, got {minutes}")
 
     def register(checker: Callable[[object], str | None]) -> Callable[[object], str | None]:
         if number in _REGISTRY:
             raise ValueError(f"exercise {number} is registered twice")
-        _REGISTRY[number] = _Exercise(number, title, checker)
+        _REGISTRY[number] = _Exercise(number, title, checker, level, minutes)
         return checker
 
     return register
+
+
+def badge(number: str) -> str:
+    """The line under an exercise's heading: its difficulty and expected time, e.g.
+    ``*★★☆ practice · about 10 minutes*``."""
+    _load_all()
+    found = _REGISTRY[number]
+    if found.level is None or found.minutes is None:
+        raise ValueError(f"exercise {number} has no level or minutes: give both to @exercise")
+    return f"*{LEVELS[found.level]} · about {found.minutes} minutes*"
 
 
 def expect(condition: bool, hint: str) -> None:
@@ -158,21 +184,40 @@ def as_number(value: object, what: str) -> float:
 
 def _shape_check_hint(error: TypeCheckError) -> str:
     """jaxtyping's message, cut to what a learner needs: what failed, the shape, the bindings."""
-    text = str(error)
-    where = "an argument"
-    if "return value" in text.splitlines()[0]:
-        where = "the return value"
-    elif found := re.search(r"parameter '(\w+)'", text):
-        where = f"the argument {found.group(1)!r}"
-    actual = re.search(r"Actual value: (\S+)", text)
-    expected = re.search(r"Expected type: (?:<class ')?(.*?)(?:'>)?\.?$", text, re.M)
-    bound = text.split("are as follows.")[-1].split() if "are as follows." in text else []
-    said = f"The shape check of your function failed on {where}"
-    if actual and expected:
-        said += f": it is {actual.group(1).removesuffix('(torch)')}, the annotation says {expected.group(1)}"
-    if bound:
-        said += f" (with {', '.join(bound)})"
-    return said + ". Compare the shape you compute with the one you annotated."
+    return (f"The shape check failed: {describe_type_check_error(error)}. "
+            "Compare the shape you compute with the one you annotated.")
+
+
+def _code_names(obj: object) -> set[str]:
+    """Every global and attribute name the code of a function, lambda or class (its methods) reads."""
+    functions = [obj]
+    if isinstance(obj, type):
+        functions = [v for k, v in vars(obj).items() if callable(v) or isinstance(v, (staticmethod, classmethod))]
+    names, codes = set(), []
+    for f in functions:
+        f = getattr(f, "__func__", f)
+        if hasattr(f, "__code__"):
+            codes.append(f.__code__)
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes += [c for c in code.co_consts if hasattr(c, "co_names")]
+    return names
+
+
+def own_work(answer: object, *course_versions: object) -> None:
+    """Inside the checker of an implement exercise: refuse an answer that only hands the work to the
+    course's own version (``split = split_words``, ``return attention_weights(q, k)``, a subclass of
+    ``SelfAttention``), with a hint that says so. The exercise is to write it yourself."""
+    names = _code_names(answer)
+    for original in course_versions:
+        name = getattr(original, "__name__", None)
+        subclass = isinstance(answer, type) and isinstance(original, type) and issubclass(answer, original)
+        calls = name is not None and name in names
+        if answer is original or subclass or calls:
+            module = getattr(original, "__module__", "shared")
+            raise NotYet(f"That is the course's own {name} from {module}: write it yourself, using only PyTorch "
+                         "(and einops), so that you see every step.")
 
 
 def run_answer(answer: Callable, *args, **kwargs):
