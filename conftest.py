@@ -6,6 +6,10 @@ notebooks (``pytest notebooks/07_training.ipynb``).
 
 import os
 
+# The stored outputs were written on a CPU: compare them with a CPU run on a Mac (MPS) or a GPU machine
+# as well. Notebook kernels inherit the variable; set it yourself to run the suite on another device.
+os.environ.setdefault("BUILD_A_GPT_DEVICE", "cpu")
+
 # Under pytest-xdist (pyproject's addopts run one worker per core), every worker and every notebook
 # kernel it starts uses one thread: two workers with two threads each on two cores spin-wait for
 # each other and run several times slower than one worker alone. The stored outputs do not depend on

@@ -1,5 +1,6 @@
 """Run-time set-up shared by the notebooks, the training loop and the benchmarks."""
 
+import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from torch import nn
 from shared.shapes import shape_checks_enabled
 
 __all__ = [
+    "DEVICE_VARIABLE",
     "eval_mode",
     "pick_device",
     "seed_everything",
@@ -25,8 +27,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+DEVICE_VARIABLE = "BUILD_A_GPT_DEVICE"
+
+
 def pick_device() -> torch.device:
-    """The fastest device available: CUDA, then Apple's MPS, then the CPU."""
+    """The fastest device available: CUDA, then Apple's MPS, then the CPU.
+
+    ``BUILD_A_GPT_DEVICE=cpu`` (or ``cuda``, ``mps``) forces one. The test suite sets ``cpu``, so that
+    the stored outputs, written on a CPU, are compared with a CPU run on a Mac or a GPU machine too.
+    """
+    forced = os.environ.get(DEVICE_VARIABLE, "").strip().lower()
+    if forced:
+        if forced not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"{DEVICE_VARIABLE}={forced!r}: expected cpu, cuda or mps (or unset it: the fastest)")
+        available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+        if not available[forced]:
+            raise ValueError(f"{DEVICE_VARIABLE}={forced}, but this machine has no {forced} device: unset it, or cpu")
+        return torch.device(forced)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():

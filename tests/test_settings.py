@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from shared.model import GPT_CPU, GPTModel, count_parameters
@@ -46,3 +48,23 @@ def test_the_settings_models_and_their_compute():
     assert (llama.emb_dim, llama.n_layers, llama.n_heads, llama.context_length, llama.vocab_size) == (
         gpu.gpt.emb_dim, gpu.gpt.n_layers, gpu.gpt.n_heads, gpu.gpt.context_length, gpu.gpt.vocab_size)
     assert gpu.stride == gpu.gpt.context_length // 2  # training windows overlap by half
+
+
+def test_the_device_variable_forces_a_device_and_refuses_one_the_machine_lacks(monkeypatch):
+    import torch
+
+    from shared.runtime import DEVICE_VARIABLE, pick_device
+
+    assert os.environ.get(DEVICE_VARIABLE) == "cpu"  # conftest.py: stored outputs are compared with a CPU run
+    monkeypatch.setenv(DEVICE_VARIABLE, "CPU")
+    assert pick_device() == torch.device("cpu")
+    monkeypatch.setenv(DEVICE_VARIABLE, "tpu")
+    with pytest.raises(ValueError, match="expected cpu, cuda or mps"):
+        pick_device()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv(DEVICE_VARIABLE, "cuda")
+    with pytest.raises(ValueError, match="this machine has no cuda device"):
+        pick_device()
+    monkeypatch.delenv(DEVICE_VARIABLE)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device() == torch.device("cpu")
