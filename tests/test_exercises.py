@@ -19,7 +19,6 @@ import torch
 from shared.exercises import NotYet, Result, badge, check, exercise, expect, own_work, registered
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTERS = sorted((ROOT / "notebooks").glob("0[1-9]_*.ipynb"))
 HEADING = re.compile(r"^### Exercise (\d+\.\d+)\b", re.M)
 
 
@@ -29,6 +28,10 @@ def cells(path: Path) -> list[dict]:
 
 def exercise_numbers(path: Path) -> list[str]:
     return [n for c in cells(path) if c["cell_type"] == "markdown" for n in HEADING.findall("".join(c["source"]))]
+
+
+# Every chapter with exercises (chapter 10's included, once it has them).
+CHAPTERS = sorted(p for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb") if exercise_numbers(p))
 
 
 def check_outputs(path: Path) -> dict[str, str]:
@@ -163,3 +166,14 @@ def test_every_checker_rejects_a_plausible_wrong_answer():
         for answer in wrong[number]:
             result = check(number, answer, quiet=True)
             assert result.status == "not yet", f"exercise {number} accepted a wrong answer: {result}"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids())
+def test_every_exercise_shows_its_difficulty_and_time_under_its_heading(chapter):
+    for path in (chapter, ROOT / "notebooks" / "solutions" / chapter.name):
+        for c in cells(path):
+            text = "".join(c["source"])
+            for number in HEADING.findall(text) if c["cell_type"] == "markdown" else []:
+                after = text.split(f"### Exercise {number}", 1)[1].splitlines()[1:3]
+                assert badge(number) in after, f"{path.name}: exercise {number} should show {badge(number)!r} on " \
+                                               f"the line under its heading"
