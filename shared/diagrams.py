@@ -16,7 +16,7 @@ import torch
 from einops import rearrange
 
 from shared.attention import LayerKVCache, MultiHeadAttention, attend, attention_weights, causal_mask, repeat_kv
-from shared.llama import LlamaBlock, LlamaConfig, LlamaModel
+from shared.llama import LlamaBlock, LlamaConfig, LlamaModel, swiglu_hidden_dim
 from shared.model import GPTConfig, GPTModel, TransformerBlock, count_parameters
 from shared.settings import llama_like
 
@@ -841,6 +841,10 @@ def draw_gpt_vs_llama(gpt_config, llama_config=None):
     else:
         l_heads = f"{llama_config.n_heads} heads × head_dim {llama_config.head_dim}"
     ratio = llama_config.hidden_dim / llama_config.emb_dim
+    if llama_config.hidden_dim == swiglu_hidden_dim(llama_config.emb_dim):  # Llama's rule, not a plain multiple
+        ff_width = f"hidden_dim {llama_config.hidden_dim} = 8/3 × emb_dim, rounded up"
+    else:
+        ff_width = f"hidden_dim {llama_config.hidden_dim} = {ratio:.3g} × emb_dim"
 
     def head_text(config, trace) -> str:
         return "tied to the token embedding: 0 new params" if config.tie_weights else (
@@ -869,7 +873,7 @@ def draw_gpt_vs_llama(gpt_config, llama_config=None):
          f"{linear(gf.expand)} → GELU → {linear(gf.project)}\n4 × emb_dim inside, with biases\n{_count(gf)} params",
          "SwiGLU: down(SiLU(gate(x)) · up(x))",
          f"gate, up {linear(lf.gate)} · down {linear(lf.down)}\n"
-         f"hidden_dim {llama_config.hidden_dim} = {ratio:.3g} × emb_dim, no biases\n{_count(lf)} params",
+         f"{ff_width}\nno biases · {_count(lf)} params",
          FF, 1.0, ["feed-forward", "biases"], 0.28),
         (f"final LayerNorm · {_count(gm.final_norm)} params", "", f"final RMSNorm · {_count(lm.final_norm)} params", "",
          NORM, 0.42, ["norm"], 0.75),
@@ -928,4 +932,386 @@ def draw_gpt_vs_llama(gpt_config, llama_config=None):
     ax.text(width / 2, y - 0.4, f"Llama − GPT = {lt['total'] - gt['total']:+,} parameters", ha="center", va="center",
             fontsize=10)
     _fit(fig, ax, y - 0.7, top)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 7: one training step, measured
+# ---------------------------------------------------------------------------------------------
+
+
+def trace_training_step(model, x, y, config, step: int = 0) -> dict:
+    """Run one step of ``shared.train.train``'s recipe on a copy of ``model`` and record what it saw.
+
+    The recipe: the learning rate of ``step`` (``lr_at``), a forward pass, the cross-entropy, the
+    backward pass, clipping to ``config.grad_clip``, one AdamW step on ``param_groups``. ``model`` is
+    left as it was. Returns shapes, the loss, the gradient norm before and after clipping, the
+    size of the weights' change and the learning rates of this step and the next.
+    """
+    import copy
+
+    from shared.model import param_groups
+    from shared.train import cross_entropy, lr_at
+
+    model = copy.deepcopy(model).train()
+    groups = param_groups(model, config.weight_decay)
+    lr = lr_at(step, config)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=config.betas)
+    logits = model(x)  # (batch, seq, vocab)
+    loss = cross_entropy(logits, y)
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm_before = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])).item()
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    norm_after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])).item()
+    before = [p.detach().clone() for p in params]
+    optimizer.step()
+    change = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach() - b)
+                                                   for p, b in zip(params, before, strict=True)])).item()
+    return {
+        "input": tuple(x.shape), "logits": tuple(logits.shape), "loss": loss.item(),
+        "grad_tensors": len(params), "grad_numbers": sum(p.numel() for p in params),
+        "norm_before": norm_before, "norm_after": norm_after, "grad_clip": config.grad_clip,
+        "decayed": len(groups[0]["params"]), "not_decayed": len(groups[1]["params"]),
+        "weight_decay": config.weight_decay, "lr": lr, "next_lr": lr_at(step + 1, config),
+        "step": step, "max_steps": config.max_steps, "warmup_steps": config.warmup_steps, "change": change,
+    }
+
+
+def draw_training_step(model, x, y, config, step: int = 0):
+    """One training step as a row of boxes, forward to schedule, each carrying the shapes and numbers
+    that :func:`trace_training_step` measured on the real model and batch."""
+    t = trace_training_step(model, x, y, config, step)
+    clipped = t["grad_clip"] is not None and t["norm_before"] > t["grad_clip"]
+    clip_detail = ("no clipping" if t["grad_clip"] is None else
+                   f"max norm {t['grad_clip']:g}\n{t['norm_before']:.3f} → {t['norm_after']:.3f}\n"
+                   + ("scaled down" if clipped else "under it: unchanged"))
+    phase = "warmup" if step < t["warmup_steps"] else "cosine decay"
+    boxes = [
+        ("batch", f"inputs, targets\n{t['input']} each\n(batch, seq)", DATA),
+        ("forward", f"model(inputs)\nlogits {t['logits']}\n(batch, seq, vocab)", EMBED),
+        ("loss", f"cross-entropy\n{t['loss']:.4f} nats\nshape ()", ATTN),
+        ("backward", f"loss.backward()\n{t['grad_tensors']} gradients,\n{t['grad_numbers']:,} numbers", ATTN),
+        ("clip", clip_detail, NORM),
+        ("AdamW step", f"lr {t['lr']:.2e}\ndecay {t['weight_decay']:g} on {t['decayed']} tensors,\n"
+                       f"0 on {t['not_decayed']}", FF),
+        ("weights move", f"‖Δθ‖ = {t['change']:.4f}\ngradients cleared\n(zero_grad)", FF),
+        ("schedule", f"step {step} → {step + 1} of {t['max_steps']}\n{phase}\nnext lr {t['next_lr']:.2e}", HEAD),
+    ]
+    per_row, w, h, gap = 4, 2.35, 1.25, 0.45
+    width = per_row * w + (per_row - 1) * gap + 0.4
+    fig, ax = _canvas(width, 4.2)
+    top = 4.2
+    centres = []
+    for i, (title, detail, face) in enumerate(boxes):
+        row, col = divmod(i, per_row)
+        cx = 0.2 + w / 2 + col * (w + gap)
+        cy = top - 0.5 - h / 2 - row * (h + 0.75)
+        _box(ax, cx, cy, w, h, title, detail, face, size=11, detail_size=9.5)
+        centres.append((cx, cy))
+    for i in range(1, len(centres)):
+        (x0, y0), (x1, y1) = centres[i - 1], centres[i]
+        if abs(y0 - y1) < 1e-9:
+            _arrow(ax, (x0 + w / 2, y0), (x1 - w / 2, y1))
+        else:  # from the end of the first row down to the start of the second
+            _line(ax, [x0, x0], [y0 - h / 2, y0 - h / 2 - 0.3])
+            _line(ax, [x0, x1], [y0 - h / 2 - 0.3, y0 - h / 2 - 0.3])
+            _arrow(ax, (x1, y0 - h / 2 - 0.3), (x1, y1 + h / 2))
+    ax.text(0.2, top - 0.2, f"one training step, measured on a {t['grad_numbers']:,}-parameter model",
+            ha="left", va="center", fontsize=11.5, fontweight="bold")
+    bottom = centres[-1][1] - h / 2 - 0.15
+    _fit(fig, ax, bottom, top)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 1: byte-pair encoding, merge by merge
+# ---------------------------------------------------------------------------------------------
+
+
+def bpe_merge_steps(tokenizer, text: str) -> list[tuple[tuple[int, int] | None, int | None, list[list[int]]]]:
+    """How ``tokenizer`` (a :class:`shared.tokenizer.BPETokenizer`) encodes ``text``, one merge at a time.
+
+    Each step is ``(pair, new_id, pieces)``: the merge applied (``None`` for the starting bytes) and the
+    token ids of every pre-token after it. Every step applies the earliest-learned merge found anywhere
+    in the text, in every pre-token that has it; merges never cross pre-tokens, so the last step equals
+    ``tokenizer.encode_ordinary(text)`` (checked).
+    """
+    from itertools import pairwise
+
+    import regex
+
+    pieces = [[tokenizer.byte_ids[b] for b in piece.encode("utf-8")]
+              for piece in regex.findall(tokenizer.pattern, text)]
+    steps = [(None, None, pieces)]
+    while True:
+        found = [(tokenizer.merges[pair], pair) for piece in pieces
+                 for pair in pairwise(piece) if pair in tokenizer.merges]
+        if not found:
+            break
+        new_id, pair = min(found)  # the earliest-learned merge: merged ids grow with merge order
+        merged = []
+        for piece in pieces:
+            out, i = [], 0
+            while i < len(piece):
+                if i + 1 < len(piece) and (piece[i], piece[i + 1]) == pair:
+                    out.append(new_id)
+                    i += 2
+                else:
+                    out.append(piece[i])
+                    i += 1
+            merged.append(out)
+        pieces = merged
+        steps.append((pair, new_id, pieces))
+    final = [i for piece in pieces for i in piece]
+    if final != tokenizer.encode_ordinary(text):
+        raise AssertionError("bpe_merge_steps disagrees with the tokenizer's own encoding")
+    return steps
+
+
+def _shown_bytes(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace").replace(" ", "␣").replace("\n", "\\n")
+
+
+def draw_bpe_merges(tokenizer, text: str, max_steps: int = 16):
+    """``text``'s bytes fusing into tokens, one row per merge, as ``tokenizer`` (a trained
+    :class:`shared.tokenizer.BPETokenizer`) applies its merges (:func:`bpe_merge_steps`). Each box is
+    one token, as wide as its bytes; the tokens a merge just made are coloured; gaps separate the
+    pre-tokens, which no merge crosses. Returns the matplotlib Figure.
+    """
+    n_bytes = len(text.encode("utf-8"))
+    if not 1 <= n_bytes <= 32:
+        raise ValueError(f"draw_bpe_merges draws 1 to 32 bytes of text (a readable row), got {n_bytes}")
+    steps = bpe_merge_steps(tokenizer, text)
+    if len(steps) - 1 > max_steps:
+        raise ValueError(f"{text!r} takes {len(steps) - 1} merges; draw a shorter text or raise max_steps")
+    rank = {new_id: k + 1 for k, new_id in enumerate(sorted(tokenizer.merges.values()))}
+    cell, gap, row, label_w = 0.46, 0.16, 0.42, 2.9
+    n_pieces = len(steps[0][2])
+    width = label_w + n_bytes * cell + (n_pieces - 1) * gap + 0.3
+    top = 0.85 + len(steps) * row + 0.75
+    fig, ax = _canvas(max(width, 7.0), top)
+    y = top - 0.85
+    ax.text(0.15, top - 0.35, f"BPE merges, one per row: how {text!r} becomes {sum(map(len, steps[-1][2]))} tokens",
+            ha="left", va="center", fontsize=12, fontweight="bold")
+    new_face, old_face = _tint(ORANGE, 0.55), DATA
+    for pair, new_id, pieces in steps:
+        if pair is None:
+            label = "start: the UTF-8 bytes"
+        else:
+            left, right = (_shown_bytes(tokenizer.vocab[i]) for i in pair)
+            label = f"merge {rank[new_id]:>3}: {left} + {right}"
+        ax.text(label_w - 0.15, y - row / 2, label, ha="right", va="center", fontsize=9.5, family=MONO)
+        x = label_w
+        for piece in pieces:
+            for token in piece:
+                data = tokenizer.vocab[token]
+                w = len(data) * cell
+                _rect(ax, x + 0.02, y - row + 0.05, w - 0.04, row - 0.1, new_face if token == new_id else old_face,
+                      lw=0.8)
+                ax.text(x + w / 2, y - row / 2, _shown_bytes(data), ha="center", va="center", fontsize=10,
+                        family=MONO)
+                x += w
+            x += gap
+        y -= row
+    ax.text(0.15, 0.4, "coloured: the tokens the merge of that row made   ·   gaps: pre-token boundaries, "
+            "never merged across   ·   ␣ is a space", ha="left", va="center", fontsize=9.5, color=GREY)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 2: windows and stride; labels that do not overlap
+# ---------------------------------------------------------------------------------------------
+
+
+def draw_windows(tokens: Sequence[str], context_length: int, strides: Sequence[int]):
+    """The windows that :class:`shared.datasets.NextTokenDataset` cuts from ``tokens``, one panel per
+    stride: every window's inputs and its targets (the same window shifted by one), and under each
+    panel how many windows have each token as a target. The windows are read off a real dataset
+    built over the positions ``0, 1, ..., len(tokens) - 1``. Returns the matplotlib Figure.
+    """
+    from shared.datasets import NextTokenDataset
+
+    if isinstance(tokens, str):
+        raise TypeError("draw_windows takes a sequence of tokens (a list of strings), not one string")
+    n = len(tokens)
+    if not 2 <= n <= 16:
+        raise ValueError(f"draw_windows draws 2 to 16 tokens (a readable row), got {n}")
+    if not strides:
+        raise ValueError("give at least one stride")
+    datasets = [NextTokenDataset(torch.arange(n), context_length, stride) for stride in strides]
+    labels = [_show_token(t) for t in tokens]
+    cell = max(0.62, 0.075 * max(len(s) for s in labels) + 0.14)
+    row, label_w = 0.3, 1.75
+    width = label_w + n * cell + 0.3
+    height = 0.7 + sum(0.45 + row * (2 * len(d) + 2) + 0.35 for d in datasets) + 0.5
+    fig, ax = _canvas(width, height)
+    input_face, target_face = _tint(SKY, 0.55), _tint(ORANGE, 0.5)
+    ax.text(width / 2, height - 0.35, f"Windows of context_length {context_length}: inputs, and targets shifted by one",
+            ha="center", va="center", fontsize=12, fontweight="bold")
+    y = height - 0.75
+
+    def cells(positions, face, y_row, *, text=True):
+        for p in positions:
+            _rect(ax, label_w + p * cell + 0.02, y_row - row + 0.03, cell - 0.04, row - 0.06, face, lw=0.7)
+            if text:
+                ax.text(label_w + (p + 0.5) * cell, y_row - row / 2, labels[p], ha="center", va="center",
+                        fontsize=8.5, family=MONO)
+
+    for stride, dataset in zip(strides, datasets, strict=True):
+        ax.text(0.15, y - 0.2, f"stride {stride}: {len(dataset)} windows", ha="left", va="center", fontsize=10.5,
+                fontweight="bold")
+        for p in range(n):
+            ax.text(label_w + (p + 0.5) * cell, y - 0.2, str(p), ha="center", va="center", fontsize=8, color=GREY)
+        y -= 0.45
+        cells(range(n), "white", y)
+        ax.text(label_w - 0.1, y - row / 2, "tokens", ha="right", va="center", fontsize=9)
+        y -= row
+        for k in range(len(dataset)):
+            inputs, targets = dataset[k]
+            cells(inputs.tolist(), input_face, y)
+            ax.text(label_w - 0.1, y - row / 2, f"window {k} inputs", ha="right", va="center", fontsize=9)
+            y -= row
+            cells(targets.tolist(), target_face, y)
+            ax.text(label_w - 0.1, y - row / 2, "targets", ha="right", va="center", fontsize=9)
+            y -= row
+        counts = torch.bincount(dataset.targets.flatten(), minlength=n).tolist()
+        ax.text(label_w - 0.1, y - row / 2, "times a target", ha="right", va="center", fontsize=9)
+        for p, c in enumerate(counts):
+            ax.text(label_w + (p + 0.5) * cell, y - row / 2, str(c), ha="center", va="center", fontsize=9.5,
+                    fontweight="bold", color=VERMILLION if c == 0 else INK)
+        y -= row + 0.35
+    last = _legend(ax, label_w, 0.35, [(input_face, None, "inputs"), (target_face, None, "targets")])
+    right = last.get_position()[0] + 0.064 * len("targets") + 0.35
+    ax.text(right, 0.35, "0 in red: never a target", ha="left", va="center", fontsize=9.5, color=VERMILLION)
+    return fig
+
+
+def label_points(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], *, fontsize: float = 10):
+    """Write ``labels`` beside the points ``(xs, ys)`` of a scatter plot so that no two labels overlap
+    each other or cover another point: each label takes the first of several places around its point
+    (right, left, above, below, then the diagonals, further out if needed) that is still free.
+    Returns the text objects."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_pixels = ax.transData.transform
+    points = [to_pixels((x, y)) for x, y in zip(xs, ys, strict=True)]
+    taken = [(px - 4, py - 4, px + 4, py + 4) for px, py in points]  # the markers themselves
+
+    def free(box):
+        return all(box[2] <= t[0] or box[0] >= t[2] or box[3] <= t[1] or box[1] >= t[3] for t in taken)
+
+    directions = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)]
+    placed = []
+    for (x, y), label in zip(zip(xs, ys, strict=True), labels, strict=True):
+        text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(0, 0), fontsize=fontsize,
+                           ha="center", va="center")
+        w, h = (lambda e: (e.width, e.height))(text.get_window_extent(renderer))
+        px, py = to_pixels((x, y))
+        choice = None
+        for distance in (6, 12, 20, 30, 42):
+            for dx, dy in directions:
+                cx = px + dx * (distance + w / 2)
+                cy = py + dy * (distance + h / 2)
+                box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+                if free(box):
+                    choice = (cx - px, cy - py, box)
+                    break
+            if choice:
+                break
+        if choice is None:  # crowded everywhere: right of the point, as a plain annotation would
+            choice = (6 + w / 2, 0, (px + 6, py - h / 2, px + 6 + w, py + h / 2))
+        dpi_scale = 72 / fig.dpi  # pixels to points
+        text.set_position((choice[0] * dpi_scale, choice[1] * dpi_scale))
+        taken.append(choice[2])
+        placed.append(text)
+    return placed
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 3: attention as a weighted average, for one query
+# ---------------------------------------------------------------------------------------------
+
+
+def draw_attention_average(tokens: Sequence[str], queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                           query: int):
+    """Attention for one query, as a weighted average in three panels: the query's scaled score
+    against every key, the softmax weights (``shared.attention.attention_weights``), and the values
+    multiplied by their weights, whose sum is the query's context vector (``shared.attention.attend``).
+
+    ``queries`` and ``keys`` have shape ``(seq, dim)``, ``values`` ``(seq, v_dim)``, one row per token
+    of ``tokens``; ``query`` is the position that asks. Returns the matplotlib Figure.
+    """
+    if isinstance(tokens, str):
+        raise TypeError("draw_attention_average takes a sequence of tokens (a list of strings), not one string")
+    seq = len(tokens)
+    if not 1 <= seq <= 16:
+        raise ValueError(f"draw_attention_average draws 1 to 16 tokens (readable bars), got {seq}")
+    for name, t in [("queries", queries), ("keys", keys), ("values", values)]:
+        if t.dim() != 2 or t.shape[0] != seq:
+            raise ValueError(f"{name} should have shape (seq, dim) with seq = len(tokens) = {seq}, got "
+                             f"{tuple(t.shape)}: pass one sequence's rows, without a batch axis")
+    if queries.shape[1] != keys.shape[1]:
+        raise ValueError(f"queries and keys need the same width to be compared, got {queries.shape[1]} and "
+                         f"{keys.shape[1]}")
+    if values.shape[1] > 12:
+        raise ValueError(f"draw_attention_average draws values of at most 12 dimensions, got {values.shape[1]}")
+    if not 0 <= query < seq:
+        raise ValueError(f"query must be a position between 0 and {seq - 1}, got {query}")
+
+    with torch.no_grad():
+        q, k, v = queries[query : query + 1].detach(), keys.detach(), values.detach()
+        scores = (q @ k.T)[0] / k.shape[-1] ** 0.5  # (seq,)
+        weights = attention_weights(q, k)[0]  # (seq,)
+        context = attend(q, k, v)[0]  # (v_dim,)
+        weighted = weights[:, None] * v  # (seq, v_dim): each value scaled by its weight
+    if not torch.allclose(torch.softmax(scores, dim=-1), weights, atol=1e-6):
+        raise AssertionError("the drawn scores do not give shared.attention's weights")
+    labels = [_show_token(t) for t in tokens]
+
+    plt = _pyplot()
+    v_dim = v.shape[1]
+    fig, (ax_s, ax_w, ax_v) = plt.subplots(
+        1, 3, figsize=(13.0, round(0.45 * (seq + 1) + 1.9, 2)),
+        gridspec_kw={"width_ratios": [1.0, 1.0, 0.35 + 0.3 * v_dim], "wspace": 0.55},
+    )
+    rows = list(range(seq))
+    for ax, numbers, colour, title in [
+        (ax_s, scores, ORANGE, f"1. score of query {labels[query]!r}\nagainst each key: q·k / √{k.shape[-1]}"),
+        (ax_w, weights, BLUE, "2. weights = softmax(scores):\npositive, summing to 1"),
+    ]:
+        ax.barh(rows, numbers.tolist(), color=[_tint(colour, 1.0 if j == query else 0.55) for j in rows],
+                edgecolor=INK, linewidth=0.6)
+        ax.axvline(0, color=INK, linewidth=0.8)
+        ax.set_yticks(rows, [f"{s} ({j})" for j, s in enumerate(labels)], fontsize=10)
+        ax.set_ylim(seq - 0.5, -0.5)
+        ax.set_title(title, fontsize=10.5)
+        span = max(float(numbers.abs().max()), 1e-6)
+        low = min(0.0, float(numbers.min())) - 0.45 * span
+        high = max(0.0, float(numbers.max())) + 0.45 * span
+        ax.set_xlim(low, high)
+        for j, value in enumerate(numbers.tolist()):
+            ax.text(value + (0.04 * span if value >= 0 else -0.04 * span), j, f"{value:.2f}", va="center",
+                    ha="left" if value >= 0 else "right", fontsize=9)
+        ax.tick_params(axis="x", labelsize=9)
+    ax_s.set_ylabel("key (each token's k)", fontsize=10)
+    ax_w.set_yticks(rows, [])
+
+    table = torch.cat([weighted, context[None]])  # (seq + 1, v_dim): the weighted values, then their sum
+    limit = max(float(table.abs().max()), 1e-6)
+    ax_v.imshow(table, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    for i in range(seq + 1):
+        for j in range(v_dim):
+            value = float(table[i, j])
+            ax_v.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8.5,
+                      color="white" if abs(value) > 0.6 * limit else INK, fontweight="bold" if i == seq else None)
+    ax_v.axhline(seq - 0.5, color=INK, linewidth=2)
+    ax_v.set_yticks(range(seq + 1), [f"{float(w):.2f} × v({s})" for w, s in zip(weights, labels, strict=True)]
+                    + ["context = sum"], fontsize=9.5)
+    ax_v.yaxis.tick_right()
+    ax_v.set_xticks(range(v_dim), [str(j) for j in range(v_dim)], fontsize=9)
+    ax_v.set_xlabel("value dimension", fontsize=10)
+    ax_v.set_title("3. each value times its weight;\nthe column sums are the context vector", fontsize=10.5)
+    fig.subplots_adjust(left=0.12, right=0.86, top=0.82, bottom=0.08)
     return fig
