@@ -21,6 +21,7 @@ from shared.model import GPTConfig, GPTModel, TransformerBlock, count_parameters
 from shared.settings import llama_like
 
 __all__ = [
+    "draw_attention_average",
     "draw_causal_mask",
     "draw_gpt",
     "draw_gpt_vs_llama",
@@ -1300,7 +1301,7 @@ def draw_attention_average(tokens: Sequence[str], queries: torch.Tensor, keys: t
 
     table = torch.cat([weighted, context[None]])  # (seq + 1, v_dim): the weighted values, then their sum
     limit = max(float(table.abs().max()), 1e-6)
-    ax_v.imshow(table, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax_v.imshow(table.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     for i in range(seq + 1):
         for j in range(v_dim):
             value = float(table[i, j])
@@ -1314,4 +1315,68 @@ def draw_attention_average(tokens: Sequence[str], queries: torch.Tensor, keys: t
     ax_v.set_xlabel("value dimension", fontsize=10)
     ax_v.set_title("3. each value times its weight;\nthe column sums are the context vector", fontsize=10.5)
     fig.subplots_adjust(left=0.12, right=0.86, top=0.82, bottom=0.08)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 10: data parallelism
+# ---------------------------------------------------------------------------------------------
+
+
+def draw_all_reduce(rank_grads: Sequence[torch.Tensor], whole: torch.Tensor, labels: Sequence[str]):
+    """An all-reduce of real gradients: left, each rank's gradient for a few parameters (one group of
+    bars per parameter, one bar per rank); right, what every rank holds afterwards, the mean, drawn
+    once per rank, with the whole batch's gradient as a black mark on each. ``rank_grads`` are 1-D
+    tensors of the same length as ``whole`` and ``labels``. Returns the matplotlib Figure."""
+    plt = _pyplot()
+    n_ranks, k = len(rank_grads), len(labels)
+    if n_ranks < 2 or any(g.shape != (k,) for g in [*rank_grads, whole]):
+        raise ValueError(f"draw_all_reduce takes at least two 1-D gradients of {k} values (one per label) and the "
+                         f"whole batch's; got shapes {[tuple(g.shape) for g in rank_grads]} and {tuple(whole.shape)}")
+    mean = torch.stack(list(rank_grads)).mean(dim=0)
+    colours = [VERMILLION, BLUE, GREEN, PURPLE]
+    fig, (ax_l, ax_r) = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    width = 0.8 / n_ranks
+    for r, grad in enumerate(rank_grads):
+        xs = [j + (r - (n_ranks - 1) / 2) * width for j in range(k)]
+        ax_l.bar(xs, grad.tolist(), width, color=colours[r % len(colours)], label=f"rank {r}: its share's gradient")
+        ax_r.bar(xs, mean.tolist(), width, color=colours[r % len(colours)], alpha=0.55,
+                 label=f"rank {r} after the all-reduce")
+    ax_r.scatter(range(k), whole.tolist(), marker="_", s=900, color=INK, linewidths=2.5, zorder=3,
+                 label="the whole batch's gradient, one process")
+    for ax, title in [(ax_l, "before: every rank has its own gradient"),
+                      (ax_r, "after all_reduce(mean): every rank holds the same")]:
+        ax.axhline(0, color=INK, linewidth=0.8)
+        ax.set_xticks(range(k), list(labels), fontsize=9.5)
+        ax.set_title(title, fontsize=11)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8.5, loc="best")
+    ax_l.set_ylabel("gradient", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def draw_sampler_shards(shares: Sequence[Sequence[int]], batch_size: int, steps: int):
+    """Which windows each process learns from at each step: one row per step, one cell per window of
+    that step's global batch (its index written in it), coloured by the process that gets it.
+    ``shares[r]`` is the list of window indices process ``r`` yields, in order (e.g. from
+    ``ResumableSampler(..., rank=r, world_size=len(shares))``). Returns the matplotlib Figure."""
+    world = len(shares)
+    per_rank = batch_size // world
+    if world < 1 or per_rank * world != batch_size or any(len(s) < steps * per_rank for s in shares):
+        raise ValueError(f"draw_sampler_shards needs {world} shares of at least {steps} x {per_rank} indices for a "
+                         f"global batch of {batch_size}")
+    colours = [VERMILLION, BLUE, GREEN, PURPLE]
+    fig, ax = _canvas(0.75 * batch_size + 2.2, 0.62 * steps + 1.2)
+    for step in range(steps):
+        for r, share in enumerate(shares):
+            for j, index in enumerate(share[step * per_rank:(step + 1) * per_rank]):
+                x, y = r * per_rank + j, steps - 1 - step
+                _rect(ax, 1.6 + 0.75 * x, 0.2 + 0.62 * y, 0.7, 0.55, _tint(colours[r % len(colours)], 0.45))
+                ax.text(1.6 + 0.75 * x + 0.35, 0.2 + 0.62 * y + 0.275, str(index), ha="center", va="center",
+                        fontsize=10, color=INK)
+        ax.text(1.45, 0.2 + 0.62 * (steps - 1 - step) + 0.275, f"step {step}", ha="right", va="center", fontsize=10)
+    for r in range(world):
+        ax.text(1.6 + 0.75 * (r * per_rank + per_rank / 2) - 0.025, 0.2 + 0.62 * steps + 0.15, f"process {r}",
+                ha="center", va="bottom", fontsize=10.5, color=colours[r % len(colours)], fontweight="bold")
     return fig
