@@ -10,6 +10,8 @@ from itertools import pairwise
 import pytest
 
 from shared.exercises import check
+from shared.exercises.ch01 import WHOLE_TEXT
+from shared.tokenizer import BPETokenizer, split_words
 
 # -- 1.1: a character tokenizer --------------------------------------------------------------------
 
@@ -96,6 +98,10 @@ def ids_from_255(text: str, n_merges: int) -> dict[tuple[int, int], int]:
     return {pair: new_id - 1 for pair, new_id in train_bytes_bpe(text, n_merges).items()}
 
 
+def the_courses_trainer(text: str, n_merges: int) -> dict[tuple[int, int], int]:  # right merges, not own work
+    return dict(BPETokenizer.train(text, 256 + n_merges, special_tokens=(), pattern=WHOLE_TEXT).merges)
+
+
 # -- 1.4 and 1.5: the bug hunts --------------------------------------------------------------------
 
 BUGGY_PATTERN = re.compile(r"\w+(?:'\w+)*|[^\w\s]|<\|endoftext\|>|<\|unk\|>")  # the notebook's planted bug
@@ -118,8 +124,8 @@ def decode_strictly(ids: list[int], vocab: dict[int, bytes]) -> str:  # crashes 
 WRONG_ANSWERS: dict[str, list] = {
     "1.1": [InOrderOfAppearance, NumberedFromOne, JoinedWithSpaces, FixedVocabulary],
     "1.2": [(24, 6, 6), (24, 7, 7), (23, 6, 7), [24, 6, 7]],
-    "1.3": [ties_to_the_first_seen, counted_once, ids_from_255],
-    "1.4": [BUGGY_PATTERN.findall, NO_APOSTROPHES.findall, str.split],
+    "1.3": [ties_to_the_first_seen, counted_once, ids_from_255, the_courses_trainer],
+    "1.4": [BUGGY_PATTERN.findall, NO_APOSTROPHES.findall, str.split, split_words, lambda text: split_words(text)],
     "1.5": [decode_each_token, decode_strictly],
 }
 
@@ -145,10 +151,30 @@ def test_the_planted_bugs_get_hints_that_name_the_symptom():
     assert "Join all the bytes first" in decoder.message
 
 
-def test_a_prediction_that_is_off_is_told_the_counts_and_why():
-    result = check("1.2", (24, 6, 6), quiet=True)
-    assert "(24, 6, 7)" in result.message and "'s" in result.message
-    assert "characters:" not in result.message  # only the wrong part is explained
+@pytest.mark.parametrize("prediction", [(24, 6, 6), (24, 6, 8), (23, 5, 7), (25, 7, 6), (0, 0, 0), (99, 99, 99)])
+def test_a_wrong_prediction_is_told_which_way_it_is_off_but_never_the_counts(prediction):
+    result = check("1.2", prediction, quiet=True)
+    assert result.status == "not yet"
+    words = result.message.replace("GPT-2", "").replace("chapter 1", "")
+    assert not re.search(r"\d", words), result.message  # no count, no difference, nothing to subtract from
+    truth = (24, 6, 7)
+    for k, label in enumerate(["(a)", "(b)", "(c)"]):
+        assert (label in result.message) == (prediction[k] != truth[k])
+    assert ("too high" in result.message) == any(p > t for p, t in zip(prediction, truth, strict=True))
+    assert ("too low" in result.message) == any(p < t for p, t in zip(prediction, truth, strict=True))
+
+
+def test_the_courses_own_splitter_and_trainer_are_refused():
+    for answer in [split_words, lambda text: split_words(text)]:
+        assert "write it yourself" in check("1.4", answer, quiet=True).message
+    assert "write it yourself" in check("1.3", the_courses_trainer, quiet=True).message
+
+
+def test_hints_of_the_implement_exercises_never_show_the_expected_output():
+    splitter = check("1.4", NO_APOSTROPHES.findall, quiet=True).message
+    assert "expected" not in splitter and "I'll" in splitter
+    trainer = check("1.3", ids_from_255, quiet=True).message
+    assert "expected" not in trainer and "256, 257" in trainer
 
 
 def stub(*args):
