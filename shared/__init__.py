@@ -14,6 +14,7 @@ typechecker = beartype(conf=BeartypeConf(is_pep484_tower=True))
 with install_import_hook("shared", "shared.typechecker"):
     from shared import (
         attention,
+        classify,
         corpus,
         datasets,
         diagrams,
@@ -31,6 +32,7 @@ with install_import_hook("shared", "shared.typechecker"):
         settings,
         sft,
         shapes,
+        tasks,
         tokenizer,
         train,
         weights,
@@ -38,6 +40,7 @@ with install_import_hook("shared", "shared.typechecker"):
 
 __all__ = [
     "attention",
+    "classify",
     "corpus",
     "datasets",
     "diagrams",
@@ -55,6 +58,7 @@ __all__ = [
     "settings",
     "sft",
     "shapes",
+    "tasks",
     "tokenizer",
     "train",
     "weights",

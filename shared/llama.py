@@ -270,12 +270,18 @@ class LlamaModel(nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layers)
 
-    def forward(self, idx: Int[Tensor, "batch seq"], cache: KVCache | None = None) -> Float[Tensor, "batch seq vocab"]:
+    def hidden_states(
+        self, idx: Int[Tensor, "batch seq"], cache: KVCache | None = None
+    ) -> Float[Tensor, "batch seq emb_dim"]:
+        """The body's output: embedding, every block, the final norm; what ``out_head`` turns into logits."""
         check_token_ids(idx, self.config.vocab_size)
         x = self.drop_emb(self.tok_emb(idx))
         for i, block in enumerate(self.blocks):
             x = block(x, cache[i] if cache is not None else None)
-        return self.out_head(self.final_norm(x))
+        return self.final_norm(x)
+
+    def forward(self, idx: Int[Tensor, "batch seq"], cache: KVCache | None = None) -> Float[Tensor, "batch seq vocab"]:
+        return self.out_head(self.hidden_states(idx, cache))
 
 
 _LLAMA_RENAMES = [

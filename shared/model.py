@@ -228,13 +228,20 @@ class GPTModel(nn.Module):
                 x = block(x)
         return torch.stack(maps)
 
-    def forward(self, idx: Int[Tensor, "batch seq"], cache: KVCache | None = None) -> Float[Tensor, "batch seq vocab"]:
+    def hidden_states(
+        self, idx: Int[Tensor, "batch seq"], cache: KVCache | None = None
+    ) -> Float[Tensor, "batch seq emb_dim"]:
+        """The body's output: embeddings, every block, the final norm; what ``out_head`` turns into
+        logits. A classifier (``shared.classify``) puts its own head on it instead."""
         start = cache.seq_len if cache is not None else 0
         check_context(idx.shape[1], start, self.config.context_length)
         x = self.drop_emb(self.embed(idx, start))
         for i, block in enumerate(self.blocks):
             x = block(x, cache[i] if cache is not None else None)
-        return self.out_head(self.final_norm(x))
+        return self.final_norm(x)
+
+    def forward(self, idx: Int[Tensor, "batch seq"], cache: KVCache | None = None) -> Float[Tensor, "batch seq vocab"]:
+        return self.out_head(self.hidden_states(idx, cache))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,211 @@
+"""Labelled tasks cut from Tiny Shakespeare itself, for fine-tuning a model pretrained on it.
+
+The corpus is a run of speeches: a speaker line (``ROMEO:``), the lines spoken, a blank line. A task
+turns speeches into (text, label) examples. Only the speeches of the *validation* part count, the
+last 10% that ``shared.datasets.train_val_split`` holds out and chapter 7 never trains on, so no
+example is a text the base model has read. Every example keeps the corpus offset of its speech,
+which is how the tests prove it.
+
+Two tasks (measured in the course's notes; pretraining shows clearly only in the second):
+
+- :func:`who_speaks_task`: which of the ``n_characters`` most frequent characters speaks a speech;
+- :func:`real_or_shuffled_task`: a real speech (1) or the same speech with its words shuffled (0).
+
+Examples are split by speech, never inside one, deterministically for a seed; the lists come in a
+random order, so any prefix (``task.train[:50]``) is a random sample.
+"""
+
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shared.corpus import tiny_shakespeare
+from shared.datasets import train_val_split
+
+__all__ = [
+    "Example",
+    "LabelledTask",
+    "Speech",
+    "held_out_speeches",
+    "parse_speeches",
+    "real_or_shuffled_task",
+    "shuffle_words",
+    "who_speaks_task",
+]
+
+# A speech starts after a blank line (or at the start of the text): a speaker line ending in a colon,
+# then one or more non-empty lines. A speaker line with no lines after it ("TITUS:" then a blank) is skipped.
+_SPEECH = re.compile(r"(?:^|(?<=\n\n))([^\n]+):\n((?:[^\n]+\n)*[^\n]+)")
+
+
+@dataclass(frozen=True)
+class Speech:
+    """One speech: who speaks, what they say (its lines, joined by newlines), and where it sits:
+    ``corpus[start:end] == f"{speaker}:\\n{text}"``."""
+
+    speaker: str
+    text: str
+    start: int
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.speaker) + 2 + len(self.text)
+
+
+@dataclass(frozen=True)
+class Example:
+    """A labelled text, with the corpus offset of the speech it was cut from (``Speech.start``)."""
+
+    text: str
+    label: int
+    start: int
+
+
+@dataclass(frozen=True)
+class LabelledTask:
+    """A classification task: examples to train on and to test on, and the names of the classes
+    (``class_names[label]``)."""
+
+    name: str
+    class_names: tuple[str, ...]
+    train: list[Example]
+    test: list[Example]
+
+    def class_counts(self, split: str = "train") -> list[int]:
+        """How many examples of each class ``split`` ("train" or "test") holds."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        counts = Counter(example.label for example in getattr(self, split))
+        return [counts[label] for label in range(len(self.class_names))]
+
+    @property
+    def majority_class(self) -> int:
+        """The most frequent class in the training examples (the lowest label on a tie)."""
+        counts = self.class_counts("train")
+        return counts.index(max(counts))
+
+    @property
+    def majority_baseline(self) -> float:
+        """Test accuracy of always answering :attr:`majority_class`: what a classifier must beat."""
+        return self.class_counts("test")[self.majority_class] / len(self.test)
+
+    def describe(self) -> str:
+        """A few lines: the classes with their train/test counts and the majority-class baseline."""
+        width = max(len(name) for name in self.class_names)
+        lines = [f"{self.name}: {len(self.train)} train / {len(self.test)} test examples"]
+        counts = zip(self.class_names, self.class_counts("train"), self.class_counts("test"), strict=True)
+        for name, n_train, n_test in counts:
+            lines.append(f"  {name:<{width}}  {n_train:>4} train  {n_test:>4} test")
+        majority = self.class_names[self.majority_class]
+        lines.append(f"  majority-class baseline: {self.majority_baseline:.3f} (always {majority!r})")
+        return "\n".join(lines)
+
+
+def parse_speeches(corpus: str) -> list[Speech]:
+    """Every speech of a text laid out as Tiny Shakespeare is, in order, with its offset."""
+    return [Speech(m.group(1), m.group(2), m.start()) for m in _SPEECH.finditer(corpus)]
+
+
+def held_out_speeches(corpus: str | None = None, val_fraction: float = 0.1) -> list[Speech]:
+    """The speeches that start inside the validation part of ``train_val_split(corpus, val_fraction)``
+    (Tiny Shakespeare by default): none of their text is in the part a base model was pretrained on.
+    The speech cut in two by the split is left out."""
+    corpus = tiny_shakespeare() if corpus is None else corpus
+    train_text, _ = train_val_split(corpus, val_fraction)
+    return [speech for speech in parse_speeches(corpus) if speech.start >= len(train_text)]
+
+
+def shuffle_words(text: str, rng: random.Random) -> str:
+    """The words of ``text`` in a random order, poured back into lines of the same word counts (so
+    line breaks give nothing away). Punctuation moves with its word. The result always differs from
+    ``text``; a text with fewer than two different words cannot be shuffled and is an error."""
+    lines = [line.split() for line in text.split("\n")]
+    words = [word for line in lines for word in line]
+    if len(set(words)) < 2:
+        raise ValueError(f"shuffle_words: {text!r} has fewer than two different words, so no shuffle differs from it")
+    shuffled = words.copy()
+    rng.shuffle(shuffled)
+    if shuffled == words:  # a rotation by one differs from any sequence with two different elements
+        shuffled = shuffled[1:] + shuffled[:1]
+    out, i = [], 0
+    for line in lines:
+        out.append(" ".join(shuffled[i : i + len(line)]))
+        i += len(line)
+    return "\n".join(out)
+
+
+def _split(items: Sequence, test_fraction: float, rng: random.Random) -> tuple[list, list]:
+    """Shuffle ``items`` and cut off ``test_fraction`` of them (at least one on each side) for testing."""
+    if len(items) < 2:
+        raise ValueError(f"cannot split {len(items)} item(s) into a train and a test part; need at least 2")
+    items = list(items)
+    rng.shuffle(items)
+    n_test = min(max(round(len(items) * test_fraction), 1), len(items) - 1)
+    return items[n_test:], items[:n_test]
+
+
+def _check_fraction(test_fraction: float) -> None:
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}; e.g. 0.3 keeps 30% for testing")
+
+
+def who_speaks_task(
+    n_characters: int = 4,
+    seed: int = 0,
+    test_fraction: float = 0.3,
+    min_speeches: int = 10,
+    corpus: str | None = None,
+) -> LabelledTask:
+    """Which character speaks a speech: the ``n_characters`` characters with the most held-out speeches
+    (ties broken by name), label ``i`` for ``class_names[i]``. Each character's speeches are split
+    ``test_fraction`` to the test side (a stratified split: every class keeps its share on both sides).
+
+    Characters need at least ``min_speeches`` speeches each; asking for more than there are is an error.
+    """
+    _check_fraction(test_fraction)
+    speeches = held_out_speeches(corpus)
+    counts = Counter(speech.speaker for speech in speeches)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    eligible = [(name, n) for name, n in ranked if n >= min_speeches]
+    if n_characters < 2:
+        raise ValueError(f"who_speaks_task: n_characters must be at least 2 (two classes), got {n_characters}")
+    if n_characters > len(eligible):
+        shown = ", ".join(f"{name} {n}" for name, n in eligible[:12])
+        raise ValueError(
+            f"who_speaks_task: asked for {n_characters} characters, but the held-out part has {len(eligible)} "
+            f"characters with at least {min_speeches} speeches ({shown}{', ...' if len(eligible) > 12 else ''}). "
+            f"Ask for at most {len(eligible)}, or lower min_speeches."
+        )
+    class_names = tuple(name for name, _ in eligible[:n_characters])
+    rng = random.Random(seed)
+    train, test = [], []
+    for label, name in enumerate(class_names):
+        side_train, side_test = _split([s for s in speeches if s.speaker == name], test_fraction, rng)
+        train += [Example(s.text, label, s.start) for s in side_train]
+        test += [Example(s.text, label, s.start) for s in side_test]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return LabelledTask(f"who speaks ({n_characters} characters)", class_names, train, test)
+
+
+def real_or_shuffled_task(seed: int = 0, test_fraction: float = 0.3, corpus: str | None = None) -> LabelledTask:
+    """Real speech (label 1) or the same speech with its words shuffled (label 0, :func:`shuffle_words`).
+
+    Every held-out speech with at least two different words gives one example of each class, so the
+    classes are balanced. The split is by speech: a speech and its shuffle are on the same side. The
+    lists hold each real speech next to its shuffle, so any even-length prefix is balanced too.
+    """
+    _check_fraction(test_fraction)
+    speeches = [s for s in held_out_speeches(corpus) if len(set(s.text.split())) >= 2]
+    rng = random.Random(seed)
+    train_speeches, test_speeches = _split(speeches, test_fraction, rng)
+
+    def pairs(side: list[Speech]) -> list[Example]:
+        examples = []
+        for s in side:  # the real speech, then its shuffle
+            examples += [Example(s.text, 1, s.start), Example(shuffle_words(s.text, rng), 0, s.start)]
+        return examples
+
+    return LabelledTask("real or shuffled", ("shuffled", "real"), pairs(train_speeches), pairs(test_speeches))

@@ -1,0 +1,157 @@
+"""Labelled tasks from Tiny Shakespeare: parsing with offsets, no example from the pretraining text,
+balanced and deterministic splits by speech, and clear errors."""
+
+import itertools
+import random
+from collections import Counter
+
+import pytest
+
+from shared.corpus import tiny_shakespeare
+from shared.datasets import train_val_split
+from shared.tasks import (
+    Example,
+    LabelledTask,
+    Speech,
+    held_out_speeches,
+    parse_speeches,
+    real_or_shuffled_task,
+    shuffle_words,
+    who_speaks_task,
+)
+
+# A speaker line with no lines (TITUS), a line ending in a colon inside a speech, a triple newline,
+# and a last line with no newline after it.
+TOY = (
+    "First Citizen:\nBefore we proceed,\nhear me.\n\nAll:\nSpeak.\n\nTITUS:\n\nMARCIUS:\nNay:\nfollow.\n\n\nROMEO:\nAy"
+)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> str:
+    return tiny_shakespeare()
+
+
+@pytest.fixture(scope="module")
+def training_text(corpus) -> str:
+    return train_val_split(corpus)[0]
+
+
+@pytest.fixture(scope="module")
+def tasks() -> dict[str, LabelledTask]:
+    return {"who": who_speaks_task(n_characters=4, seed=0), "shuffled": real_or_shuffled_task(seed=0)}
+
+
+def test_parse_speeches_by_hand():
+    # TITUS, with no lines, is no speech; MARCIUS's "Nay:" is a line, not a speaker.
+    assert parse_speeches(TOY) == [
+        Speech("First Citizen", "Before we proceed,\nhear me.", 0),
+        Speech("All", "Speak.", TOY.index("All:")),
+        Speech("MARCIUS", "Nay:\nfollow.", TOY.index("MARCIUS:")),
+        Speech("ROMEO", "Ay", TOY.index("ROMEO:")),
+    ]
+    for speech in parse_speeches(TOY):
+        assert TOY[speech.start : speech.end] == f"{speech.speaker}:\n{speech.text}"
+
+
+def test_every_speech_of_tiny_shakespeare_sits_at_its_offset(corpus):
+    speeches = parse_speeches(corpus)
+    assert len(speeches) == 7097
+    assert speeches[0] == Speech("First Citizen", "Before we proceed any further, hear me speak.", 0)
+    assert all(corpus[s.start : s.end] == f"{s.speaker}:\n{s.text}" for s in speeches)
+    # Nothing is lost between two speeches but blank lines and, rarely, speaker lines with no lines.
+    for before, after in itertools.pairwise(speeches):
+        assert all(line.endswith(":") for line in corpus[before.end : after.start].split("\n") if line)
+
+
+def test_held_out_speeches_all_lie_after_the_pretraining_text(corpus, training_text):
+    held_out = held_out_speeches()
+    cut = len(training_text)
+    assert len(held_out) == 920
+    assert all(s.start >= cut for s in held_out)
+    # Only the speech the cut falls into is lost: the first held-out speech is the first to start after it.
+    assert held_out[0] == next(s for s in parse_speeches(corpus) if s.start >= cut)
+    assert held_out == [s for s in parse_speeches(corpus) if s.start >= cut]
+
+
+@pytest.mark.parametrize("name", ["who", "shuffled"])
+def test_no_example_comes_from_the_pretraining_text(name, tasks, training_text):
+    task = tasks[name]
+    examples = task.train + task.test
+    assert min(example.start for example in examples) >= len(training_text)
+    # By content too: a sample of the real texts (long enough not to recur by chance) is absent.
+    real = [e.text for e in examples if (name == "who" or e.label == 1) and len(e.text) >= 30]
+    sample = random.Random(0).sample(real, 60)
+    assert not [text for text in sample if text in training_text]
+
+
+def test_real_or_shuffled_is_balanced_and_splits_by_speech(tasks):
+    task = tasks["shuffled"]
+    assert task.class_names == ("shuffled", "real")
+    assert task.class_counts("train") == [len(task.train) // 2] * 2
+    assert task.class_counts("test") == [len(task.test) // 2] * 2
+    for examples in (task.train, task.test):
+        # Each speech gives one real example and its shuffle, side by side.
+        for real, fake in zip(examples[::2], examples[1::2], strict=True):
+            assert (real.label, fake.label) == (1, 0) and real.start == fake.start
+            assert fake.text != real.text and sorted(fake.text.split()) == sorted(real.text.split())
+    assert not {e.start for e in task.train} & {e.start for e in task.test}
+    assert task.majority_baseline == 0.5
+    assert 0.28 < len(task.test) / (len(task.train) + len(task.test)) < 0.32
+
+
+def test_tasks_are_deterministic_given_a_seed(tasks):
+    assert who_speaks_task(n_characters=4, seed=0) == tasks["who"]
+    assert real_or_shuffled_task(seed=0) == tasks["shuffled"]
+    other = real_or_shuffled_task(seed=1)
+    assert {e.start for e in other.test} != {e.start for e in tasks["shuffled"].test}
+
+
+def test_who_speaks_picks_the_most_frequent_characters_and_stratifies(tasks):
+    task = tasks["who"]
+    counts = Counter(s.speaker for s in held_out_speeches())
+    assert list(task.class_names) == [name for name, _ in counts.most_common(4)]
+    assert task.class_names == ("PETRUCHIO", "KATHARINA", "TRANIO", "BAPTISTA")
+    for label, name in enumerate(task.class_names):
+        n_train, n_test = task.class_counts("train")[label], task.class_counts("test")[label]
+        assert n_train + n_test == counts[name]
+        assert n_test == round(0.3 * counts[name])
+    assert not {e.start for e in task.train} & {e.start for e in task.test}
+    assert task.majority_class == 0
+    assert task.majority_baseline == pytest.approx(40 / 98)
+    assert "majority-class baseline: 0.408 (always 'PETRUCHIO')" in task.describe()
+
+
+def test_who_speaks_refuses_more_characters_than_there_are():
+    with pytest.raises(ValueError, match=r"asked for 23 characters.*has 22 characters with at least 10 speeches"):
+        who_speaks_task(n_characters=23)
+    with pytest.raises(ValueError, match=r"asked for 5 characters.*has 4 characters with at least 61 speeches"):
+        who_speaks_task(n_characters=5, min_speeches=61)
+    with pytest.raises(ValueError, match="at least 2"):
+        who_speaks_task(n_characters=1)
+    with pytest.raises(ValueError, match="test_fraction"):
+        who_speaks_task(test_fraction=1.0)
+
+
+def test_shuffle_words_keeps_words_and_line_lengths():
+    text = "To be, or not to be:\nthat is the question."
+    shuffled = shuffle_words(text, random.Random(0))
+    assert shuffled != text
+    assert sorted(shuffled.split()) == sorted(text.split())
+    assert [len(line.split()) for line in shuffled.split("\n")] == [6, 4]
+    # Two words: a shuffle that happens to give them back in order is rotated instead.
+    assert all(shuffle_words("Good morrow", random.Random(seed)) == "morrow Good" for seed in range(10))
+    with pytest.raises(ValueError, match="fewer than two different words"):
+        shuffle_words("no no", random.Random(0))
+
+
+def test_majority_baseline_by_hand():
+    def examples(labels):
+        return [Example(str(i), label, i) for i, label in enumerate(labels)]
+
+    task = LabelledTask("toy", ("a", "b", "c"), examples([2, 2, 1, 0, 2]), examples([0, 2, 1, 1]))
+    assert task.class_counts("train") == [1, 1, 3]
+    assert task.class_counts("test") == [1, 2, 1]
+    assert (task.majority_class, task.majority_baseline) == (2, 0.25)
+    with pytest.raises(ValueError, match="'train' or 'test'"):
+        task.class_counts("val")
