@@ -97,7 +97,7 @@ class SequenceClassifier(nn.Module):
                 f"SequenceClassifier: lengths must be between 1 and the padded length {seq}, got {lengths.tolist()}; "
                 "build the batch with pad_token_ids or collate_classification"
             )
-        return self.head(self.pool(self.body.hidden_states(token_ids), lengths))
+        return self.head(self.pool(self.body.hidden_states(token_ids), lengths.to(token_ids.device)))
 
 
 def encode_texts(
