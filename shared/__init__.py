@@ -14,7 +14,9 @@ typechecker = beartype(conf=BeartypeConf(is_pep484_tower=True))
 with install_import_hook("shared", "shared.typechecker"):
     from shared import (
         attention,
+        chat,
         classify,
+        conversations,
         corpus,
         datasets,
         diagrams,
@@ -40,7 +42,9 @@ with install_import_hook("shared", "shared.typechecker"):
 
 __all__ = [
     "attention",
+    "chat",
     "classify",
+    "conversations",
     "corpus",
     "datasets",
     "diagrams",
