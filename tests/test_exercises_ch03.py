@@ -8,6 +8,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from shared.attention import SelfAttention, attend, attention_weights
 from shared.exercises import check
 
 # -- right answers (the solutions notebook has the same, with explanations) -------------------------
@@ -91,6 +92,14 @@ class WithoutScale(BatchedSelfAttention):
         return torch.softmax(queries @ keys.transpose(-2, -1), dim=-1) @ values
 
 
+class BorrowsSharedModule(SelfAttention):  # the course's own module, under another name
+    pass
+
+
+def borrows_attend(x, W_query, W_key, W_value):
+    return attend(x @ W_query, x @ W_key, x @ W_value)
+
+
 class OtherNames(nn.Module):
     def __init__(self, d_in, d_out):
         super().__init__()
@@ -100,11 +109,12 @@ class OtherNames(nn.Module):
 
 
 WRONG_ANSWERS = {
-    "3.1": [unscaled, divided_by_d, softmax_over_queries, transposed],
+    "3.1": [unscaled, divided_by_d, softmax_over_queries, transposed, attention_weights,
+            lambda q, k: attention_weights(q, k)],
     "3.2": [((2, 5, 5), (2, 5, 3)), ((2, 7, 5), (2, 5, 3)), ((2, 5, 7), (2, 5, 8)), ((5, 7), (5, 3))],
     "3.3": [(64, 1), (576, 72), (192, 3), (576, 576)],
-    "3.4": [buggy_context_vectors, only_softmax_fixed, only_scale_fixed],
-    "3.5": [WithDotT, WithoutScale, OtherNames],
+    "3.4": [buggy_context_vectors, only_softmax_fixed, only_scale_fixed, borrows_attend],
+    "3.5": [WithDotT, WithoutScale, OtherNames, BorrowsSharedModule],
 }
 
 HINTS = {  # the word each mistake's hint must contain: it names the symptom
@@ -112,7 +122,7 @@ HINTS = {  # the word each mistake's hint must contain: it names the symptom
     ("3.1", 1): "square root",
     ("3.1", 2): "sum to 1",
     ("3.1", 3): "transpose",
-    ("3.2", 1): "transpose",
+    ("3.2", 1): "order of the last two axes",
     ("3.2", 2): "values",
     ("3.3", 0): "standard deviation 3",
     ("3.3", 1): "c² Var(X)",
@@ -122,6 +132,10 @@ HINTS = {  # the word each mistake's hint must contain: it names the symptom
     ("3.5", 0): "batch",
     ("3.5", 1): "scale",
     ("3.5", 2): "W_query",
+    ("3.1", 4): "course's own attention_weights",
+    ("3.1", 5): "course's own attention_weights",
+    ("3.4", 3): "course's own attend",
+    ("3.5", 3): "course's own SelfAttention",
 }
 
 
@@ -171,3 +185,19 @@ def test_checks_leave_the_learners_random_generator_alone():
     torch.manual_seed(0)
     check("3.5", BatchedSelfAttention, quiet=True)
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize(("number", "truth"), [
+    ("3.2", ["(2, 5, 7)", "(2, 5, 3)"]),
+    ("3.3", ["576", "= 9", "var(q·k)", "× 3²"]),
+])
+def test_a_wrong_prediction_never_gives_the_answer_away(number, truth):
+    for wrong in WRONG_ANSWERS[number]:
+        result = check(number, wrong, quiet=True)
+        assert result.status == "not yet"
+        assert not any(t in result.message for t in truth), result
+
+
+def test_a_wrong_variance_is_told_whether_it_is_too_high_or_too_low():
+    assert "too low" in check("3.3", (300, 9), quiet=True).message
+    assert "too high" in check("3.3", (576, 20), quiet=True).message

@@ -7,6 +7,7 @@ import pytest
 import torch
 from einops import rearrange
 
+from shared import attention as course
 from shared.exercises import check
 from shared.shapes import strict_matmul
 
@@ -57,7 +58,7 @@ def mask_without_cache_offset(seq, kv_seq):
 
 
 def mask_inverted(seq, kv_seq):
-    return ~causal_mask(seq, kv_seq)
+    return torch.ones(seq, kv_seq, dtype=torch.bool).tril(diagonal=kv_seq - seq)
 
 
 def mask_hides_the_diagonal(seq, kv_seq):
@@ -65,7 +66,7 @@ def mask_hides_the_diagonal(seq, kv_seq):
 
 
 def mask_as_floats(seq, kv_seq):
-    return causal_mask(seq, kv_seq).float()
+    return torch.ones(seq, kv_seq).triu(diagonal=kv_seq - seq + 1)
 
 
 def compares_every_position(layer, x):
@@ -115,12 +116,20 @@ def strict_for_keys_only(queries, keys, values):
     return torch.softmax(scores, dim=-1) @ values
 
 
+def borrows_attention_weights(queries, keys):
+    return course.attention_weights(queries, keys, course.causal_mask(queries.shape[0]))
+
+
+def borrows_attend(queries, keys, values):
+    return course.attend(queries, keys, values, course.causal_mask(queries.shape[-2]))
+
+
 WRONG_ANSWERS = {
-    "4.1": [mask_without_cache_offset, mask_inverted, mask_hides_the_diagonal, mask_as_floats],
+    "4.1": [mask_without_cache_offset, mask_inverted, mask_hides_the_diagonal, mask_as_floats, course.causal_mask],
     "4.2": [compares_every_position, changes_only_the_last_token, includes_the_changed_position],
     "4.3": [({0.0, 3.0}, {3.0}), ({0.0, 2.25}, {3.0}), ({0.0, 4.0}, {0.0, 4.0}), ({0.0, 12.0}, {3.0})],
-    "4.4": [masked_with_zero, zeroed_after_softmax],
-    "4.5": [broadcasting_context, strict_for_keys_only],
+    "4.4": [masked_with_zero, zeroed_after_softmax, borrows_attention_weights],
+    "4.5": [broadcasting_context, strict_for_keys_only, borrows_attend],
 }
 
 HINTS = {  # a phrase each mistake's hint must contain: it names the symptom
@@ -131,14 +140,17 @@ HINTS = {  # a phrase each mistake's hint must contain: it names the symptom
     ("4.2", 0): "*before*",
     ("4.2", 1): "Change each position t in turn",
     ("4.2", 2): "*before*",
-    ("4.3", 0): "1/(1 - p)",
-    ("4.3", 1): "*divided*",
+    ("4.3", 0): "mean of the output stays 3",
+    ("4.3", 1): "scaled the survivors down",
     ("4.3", 2): "eval mode",
-    ("4.3", 3): "not by p",
+    ("4.3", 3): "*keeping*",
     ("4.4", 0): "float('-inf')",
     ("4.4", 1): "renormalisation",
     ("4.5", 0): "keys of shape (1, 5, 4)",
     ("4.5", 1): "values of shape (1, 5, 4)",
+    ("4.1", 4): "course's own causal_mask",
+    ("4.4", 2): "course's own attention_weights",
+    ("4.5", 2): "course's own attend",
 }
 
 
@@ -175,3 +187,15 @@ def test_a_causality_test_that_changes_its_input_in_place_is_still_judged_fairly
         return True
 
     assert check("4.2", in_place, quiet=True).passed
+
+
+def test_a_wrong_mask_is_shown_but_the_expected_one_is_not():
+    result = check("4.1", mask_without_cache_offset, quiet=True)
+    assert "Yours:" in result.message and "Expected" not in result.message
+
+
+def test_a_wrong_dropout_prediction_never_gives_the_answer_away():
+    for wrong in WRONG_ANSWERS["4.3"]:
+        result = check("4.3", wrong, quiet=True)
+        assert result.status == "not yet"
+        assert "4.0" not in result.message and "[0.0" not in result.message and "does nothing" not in result.message

@@ -6,6 +6,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+from shared import attention as course
 from shared.attention import attend, causal_mask
 from shared.exercises import check
 
@@ -43,7 +44,7 @@ def repeat_kv(x, groups):
 
 RIGHT = {
     "5.1": (split_heads, merge_heads),
-    "5.2": (2_360_064, 2_360_064),
+    "5.2": {"B", "E"},
     "5.3": FixedMultiHeadAttention,
     "5.4": repeat_kv,
     "5.5": (402.65, 1610.61),
@@ -78,13 +79,16 @@ def tiled(x, groups):
     return x.repeat(1, groups, 1, 1)
 
 
+class BorrowsSharedModule(course.MultiHeadAttention):  # the course's own module, under another name
+    pass
+
+
 WRONG_ANSWERS = {
     "5.1": [(split_by_reshape, merge_heads), (split_interleaved, merge_interleaved), (split_heads, merge_interleaved),
             (split_heads, merge_by_reshape)],
-    "5.2": [(2_359_296, 2_359_296), (2_362_368, 2_362_368), (2_360_064 + 1024**2, 2_360_064 + 1024**2),
-            (1_769_472, 1_769_472), (2_360_064, 196_672)],
-    "5.3": [BuggyMultiHeadAttention],
-    "5.4": [tiled],
+    "5.2": [{"B"}, {"E"}, {"B", "D", "E"}, {"A", "B", "E"}, {"B", "C", "E"}, set(), "BF"],
+    "5.3": [BuggyMultiHeadAttention, BorrowsSharedModule],
+    "5.4": [tiled, course.repeat_kv, lambda x, groups: course.repeat_kv(x, groups)],
     "5.5": [(100.66, 201.33), (402.65, 805.31), (33.55, 134.22), (402_653_184, 1_610_612_736)],
 }
 
@@ -93,15 +97,19 @@ HINTS = {  # a phrase each mistake's hint must contain: it names the symptom
     ("5.1", 1): "every third number",
     ("5.1", 2): "interleaves",
     ("5.1", 3): "give x back",
-    ("5.2", 0): "bias of 768",
-    ("5.2", 1): "no bias by default",
-    ("5.2", 2): "buffer",
-    ("5.2", 3): "out_proj too",
-    ("5.2", 4): "does not change the count",
+    ("5.2", 0): "last position",
+    ("5.2", 1): "softmax",
+    ("5.2", 2): "position 0",
+    ("5.2", 3): "own rows of qkv",
+    ("5.2", 4): "own rows of qkv",
+    ("5.2", 6): "Choose among",
     ("5.3", 0): "interleaves the heads",
     ("5.4", 0): "tiled",
+    ("5.4", 1): "course's own repeat_kv",
+    ("5.4", 2): "course's own repeat_kv",
+    ("5.3", 1): "course's own MultiHeadAttention",
     ("5.5", 0): "4 bytes",
-    ("5.5", 1): "four times",
+    ("5.5", 1): "both the number of rows",
     ("5.5", 2): "12 heads",
     ("5.5", 3): "megabytes",
 }
@@ -137,7 +145,28 @@ def test_a_stub_is_not_attempted(number):
     assert check(number, answers.get(number, ...), quiet=True).status == "not attempted"
 
 
-def test_counting_parameters_leaves_the_learners_random_generator_alone():
+def test_the_ablation_prediction_accepts_letters_written_as_a_list_or_a_string():
+    assert check("5.2", ["e", "b"], quiet=True).passed
+    assert check("5.2", "B, E", quiet=True).passed
+
+
+@pytest.mark.parametrize(("number", "truth"), [
+    ("5.2", ["{'B', 'E'}", "B and E", "(B)", "(E)"]),
+    ("5.5", ["402", "1610", "1,610", "100,663,296", "four times"]),
+])
+def test_a_wrong_prediction_never_gives_the_answer_away(number, truth):
+    for wrong in WRONG_ANSWERS[number]:
+        result = check(number, wrong, quiet=True)
+        assert result.status == "not yet"
+        assert not any(t in result.message for t in truth), result
+
+
+def test_a_wrong_split_shows_the_learners_numbers_but_not_the_expected_ones():
+    message = check("5.1", (split_by_reshape, merge_heads), quiet=True).message
+    assert "[4.0, 5.0, 6.0, 7.0]" not in message
+
+
+def test_the_ablation_check_leaves_the_learners_random_generator_alone():
     torch.manual_seed(0)
     expected = torch.rand(1)
     torch.manual_seed(0)

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from shared.attention import SelfAttention, attend, attention_weights
-from shared.exercises import NotYet, as_shape, close, exercise, expect, rounded, run_answer, seeded
+from shared.attention import CausalAttention, MultiHeadAttention, SelfAttention, attend, attention_weights, sdpa_attend
+from shared.exercises import NotYet, as_shape, close, exercise, expect, own_work, rounded, run_answer, seeded
 
 
 def _tensor(result: object, what: str) -> Tensor:
@@ -23,8 +23,9 @@ def _tensor(result: object, what: str) -> Tensor:
 # -- 3.1 ---------------------------------------------------------------------------------------------
 
 
-@exercise("3.1", "Scaled dot-product attention weights")
+@exercise("3.1", "Scaled dot-product attention weights", level=1, minutes=10)
 def check_attention_weights(answer: Callable) -> str:
+    own_work(answer, attention_weights, attend, sdpa_attend)
     g = torch.Generator().manual_seed(31)
     queries, keys = torch.randn(4, 8, generator=g), torch.randn(6, 8, generator=g)
     got = _tensor(run_answer(answer, queries, keys), "Your function")
@@ -59,7 +60,7 @@ def check_attention_weights(answer: Callable) -> str:
 # -- 3.2 ---------------------------------------------------------------------------------------------
 
 
-@exercise("3.2", "Predict the shapes for a batch")
+@exercise("3.2", "Predict the shapes for a batch", level=1, minutes=5)
 def check_batch_shapes(prediction: object) -> str:
     expect(isinstance(prediction, (tuple, list)) and len(prediction) == 2,
            "Write the prediction as two shapes, (weights shape, context shape), e.g. ((1, 2, 3), (1, 2, 3)).")
@@ -71,21 +72,21 @@ def check_batch_shapes(prediction: object) -> str:
     true_context = tuple(attend(queries, keys, values).shape)
     if weights_shape != true_weights:
         why = {
-            (2, 7, 5): "That is the transpose: rows belong to queries, columns to keys.",
-            (2, 5, 5): "The weights are not square here: there are 5 queries but 7 keys.",
-            (2, 7, 7): "The weights are not square here: there are 5 queries but 7 keys.",
-            (5, 7): "The batch axis stays in front: every sequence gets its own (5, 7) weights.",
-            (2, 5, 8): "The head dimension is summed over in q · k; it does not survive in the weights.",
-        }.get(weights_shape, "")
-        raise NotYet(f"attention_weights returns {true_weights} = (batch, seq, kv_seq), not {weights_shape}. {why}")
+            (2, 7, 5): "Check the order of the last two axes: is a row one query's weights, or one key's?",
+            (2, 5, 5): "The weights need not be square: count the queries and the keys separately.",
+            (2, 7, 7): "The weights need not be square: count the queries and the keys separately.",
+            (5, 7): "What happens to the batch axis: does every sequence get its own weights?",
+            (2, 5, 8): "The head dimension is summed over in q · k: does it survive in the weights?",
+        }.get(weights_shape, "The weights have one axis for the batch, one for the queries and one for the keys.")
+        raise NotYet(f"The weights shape {weights_shape} is not what attention_weights returns. {why}")
     if context_shape != true_context:
         why = {
-            (2, 5, 8): "The context averages the *values*, whose width is 3, not head_dim = 8.",
-            (2, 7, 3): "There is one context vector per query (5 of them), not per key.",
-            (5, 3): "The batch axis stays in front.",
-        }.get(context_shape, "")
-        raise NotYet(f"Your weights shape is right. attend returns {true_context} = (batch, seq, v_dim), "
-                     f"not {context_shape}. {why}")
+            (2, 5, 8): "The context averages the *values*: which width do they have?",
+            (2, 7, 3): "Is there one context vector per query, or one per key?",
+            (5, 3): "What happens to the batch axis?",
+        }.get(context_shape, "The context is the weights times the values: which axes survive the product?")
+        raise NotYet(f"Your weights shape is right, but the context shape {context_shape} is not what attend "
+                     f"returns. {why}")
     return (f"attention_weights gives {true_weights}: one row per query, one column per key, batch in front; "
             f"attend gives {true_context}: one value-width vector per query.")
 
@@ -93,7 +94,7 @@ def check_batch_shapes(prediction: object) -> str:
 # -- 3.3 ---------------------------------------------------------------------------------------------
 
 
-@exercise("3.3", "Predict the variance of the scores")
+@exercise("3.3", "Predict the variance of the scores", level=2, minutes=10)
 def check_score_variance(prediction: object) -> str:
     expect(isinstance(prediction, (tuple, list)) and len(prediction) == 2
            and all(isinstance(p, (int, float)) for p in prediction),
@@ -111,16 +112,18 @@ def check_score_variance(prediction: object) -> str:
     if not math.isclose(unscaled, true_unscaled, rel_tol=0.1):
         why = {
             64.0: "That is right for unit-variance entries, but the keys' entries have standard deviation 3.",
-            192.0: "The variance of a key entry is the square of its standard deviation: 3² = 9, not 3.",
-            24.0: "Each of the 64 terms q_i k_i has variance 1 × 9; the variances of independent terms add up.",
-        }.get(unscaled, "Each term q_i k_i has variance Var(q_i) Var(k_i) = 1 × 3² = 9, and the variances of "
-                        "64 independent terms add up.")
-        raise NotYet(f"{why} {measured}")
+            192.0: "The variance of a key entry is the square of its standard deviation, not the deviation itself.",
+            24.0: "The variances of independent terms add up: how many terms q_i k_i are there?",
+        }.get(unscaled, "Each term q_i k_i has variance Var(q_i) · Var(k_i), and the variances of independent "
+                        "terms add up.")
+        size = "too high" if unscaled > true_unscaled else "too low"
+        raise NotYet(f"Your variance of q·k is {size}. {why}")
     if not math.isclose(scaled, true_scaled, rel_tol=0.1):
-        why = ("Dividing by √64 = 8 divides the variance by 8² = 64, because Var(c X) = c² Var(X)."
+        why = ("You divided the variance by √64, as if it were the dot product itself. Var(c X) = c² Var(X)."
                if math.isclose(scaled, true_unscaled / 8, rel_tol=0.1)
-               else "Var(c X) = c² Var(X): dividing by √64 divides the variance by 64.")
-        raise NotYet(f"Your unscaled variance is right. {why} {measured}")
+               else "Var(c X) = c² Var(X): what does dividing q·k by √64 do to its variance?")
+        size = "too high" if scaled > true_scaled else "too low"
+        raise NotYet(f"Your unscaled variance is right; the scaled one is {size}. {why}")
     return (f"{measured} Theory: 64 terms of variance 1 × 3² = 9 give 576, and dividing by √64 divides the "
             "variance by 64, leaving 9. The scale undoes the growth with d, not the size of the entries.")
 
@@ -128,8 +131,9 @@ def check_score_variance(prediction: object) -> str:
 # -- 3.4 ---------------------------------------------------------------------------------------------
 
 
-@exercise("3.4", "Bug hunt: context vectors that do not add up")
+@exercise("3.4", "Bug hunt: context vectors that do not add up", level=2, minutes=15)
 def check_fixed_context_vectors(answer: Callable) -> str:
+    own_work(answer, attend, attention_weights, sdpa_attend, SelfAttention)
     seq, d_in, d_out = 5, 3, 8  # seq != d_out, so mixing them up shows
     g = torch.Generator().manual_seed(34)
     x = torch.randn(seq, d_in, generator=g)
@@ -162,8 +166,9 @@ def check_fixed_context_vectors(answer: Callable) -> str:
 # -- 3.5 ---------------------------------------------------------------------------------------------
 
 
-@exercise("3.5", "A self-attention module for batches")
+@exercise("3.5", "A self-attention module for batches", level=2, minutes=20)
 def check_self_attention_module(answer: Callable) -> str:
+    own_work(answer, SelfAttention, CausalAttention, MultiHeadAttention, attend, attention_weights, sdpa_attend)
     d_in, d_out = 3, 8
     with seeded(0):  # the module's own initial weights are replaced below; keep the learner's generator as it was
         module = run_answer(answer, d_in, d_out)

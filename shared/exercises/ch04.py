@@ -7,8 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from shared.attention import CausalAttention, SelfAttention, attend, attention_weights, causal_mask
-from shared.exercises import NotYet, close, exercise, expect, rounded, run_answer, seeded
+from shared.attention import CausalAttention, SelfAttention, attend, attention_weights, causal_mask, sdpa_attend
+from shared.exercises import NotYet, close, exercise, expect, own_work, rounded, run_answer, seeded
 
 # -- 4.1 ---------------------------------------------------------------------------------------------
 
@@ -17,8 +17,9 @@ def _as_grid(mask: Tensor) -> list[str]:
     return ["".join("x" if v else "." for v in row) for row in mask.tolist()]
 
 
-@exercise("4.1", "The causal mask, with a cache")
+@exercise("4.1", "The causal mask, with a cache", level=2, minutes=15)
 def check_causal_mask(answer: Callable) -> str:
+    own_work(answer, causal_mask)
     for seq, kv_seq in [(4, 4), (3, 7), (1, 5), (2, 3)]:
         got = run_answer(answer, seq, kv_seq)
         expect(isinstance(got, Tensor), f"causal_mask({seq}, {kv_seq}) should return a tensor; it returned "
@@ -32,14 +33,14 @@ def check_causal_mask(answer: Callable) -> str:
                                         f"{got.dtype}. Use dtype=torch.bool, or compare: ... > 0.")
         if torch.equal(got, expected):
             continue
-        shown = f"Expected {_as_grid(expected)} (x = masked), got {_as_grid(got)}."
+        shown = f"Yours: {_as_grid(got)} (x = masked, one string per query)."
         if torch.equal(got, ~expected):
             raise NotYet(f"{call}: True should mark the keys a query may *not* see, the future; yours marks "
                          f"the ones it may see. {shown}")
         if torch.equal(got, torch.ones(seq, kv_seq, dtype=torch.bool).triu(1)):
             raise NotYet(f"{call}: right when seq == kv_seq, but with a cache the {seq} queries are the *last* "
-                         f"{seq} of the {kv_seq} positions: query 0 sits at position {kv_seq - seq} and sees keys "
-                         f"0 to {kv_seq - seq}. Shift the diagonal by kv_seq - seq. {shown}")
+                         f"{seq} of the {kv_seq} positions. At which position does query 0 sit, and which keys may "
+                         f"it see? torch.triu's diagonal argument can shift the triangle. {shown}")
         ones = torch.ones(seq, kv_seq, dtype=torch.bool)
         if torch.equal(got, ones.triu(kv_seq - seq)) or torch.equal(got, ones.triu(0)):
             raise NotYet(f"{call}: a query may always look at its own position, so the entry where query i "
@@ -72,7 +73,7 @@ def _peeks_at_position_1(context_length: int) -> Tensor:
     return mask
 
 
-@exercise("4.2", "A test for causality")
+@exercise("4.2", "A test for causality", level=3, minutes=25)
 def check_causality_test(answer: Callable) -> str:
     with seeded(42):
         causal, linear = CausalAttention(3, 4, context_length=8).eval(), nn.Linear(3, 4)
@@ -113,7 +114,7 @@ def _value_set(values: object) -> set[float] | None:
     return None
 
 
-@exercise("4.3", "Predict what dropout does")
+@exercise("4.3", "Predict what dropout does", level=1, minutes=5)
 def check_dropout_prediction(prediction: object) -> str:
     expect(isinstance(prediction, (tuple, list)) and len(prediction) == 2,
            "Write the prediction as two sets of numbers: (values in training mode, values in eval mode), "
@@ -130,25 +131,27 @@ def check_dropout_prediction(prediction: object) -> str:
            "in eval mode."
     if train_values != seen_train:
         why = {
-            frozenset({0.0, 3.0}): "The survivors are scaled by 1/(1 - p) = 4/3, so that the mean stays 3.",
-            frozenset({0.0, 2.25}): "The survivors are *divided* by 1 - p = 0.75, not multiplied by it.",
-            frozenset({0.0, 12.0}): "The survivors are divided by 1 - p (the probability of keeping), not by p.",
-            frozenset({4.0}): "Some entries are dropped: they become 0.",
-            frozenset({0.0}): "Only a quarter of the entries are dropped (p = 0.25); the others are kept and scaled.",
-        }.get(frozenset(train_values), "Each entry is dropped (0) with probability 0.25, or kept and scaled by "
-                                       "1/(1 - p).")
-        raise NotYet(f"{why} {seen}")
+            frozenset({0.0, 3.0}): "The survivors are scaled, so that the mean of the output stays 3.",
+            frozenset({0.0, 2.25}): "You scaled the survivors down; with a quarter of the entries gone, would the mean "
+                                    "stay 3?",
+            frozenset({0.0, 12.0}): "The scale comes from the probability of *keeping* an entry, not of dropping it.",
+            frozenset({4.0}): "Some entries are dropped: what do they become?",
+            frozenset({0.0}): "Only a quarter of the entries are dropped (p = 0.25); what happens to the others?",
+        }.get(frozenset(train_values), "Each entry is either dropped, with probability 0.25, or kept and scaled so "
+                                       "that the mean stays 3.")
+        raise NotYet(f"Your training-mode values are not all right. {why}")
     if eval_values != seen_eval:
-        raise NotYet(f"Your training-mode values are right. In eval mode dropout does nothing at all, so that "
-                     f"the trained model is deterministic. {seen}")
+        raise NotYet("Your training-mode values are right, but not the eval-mode ones. Why does eval mode exist? A "
+                     "trained model should give the same output for the same input, every time.")
     return f"{seen} Scaling the survivors by 1/(1 - p) keeps the mean at 3 in both modes."
 
 
 # -- 4.4 ---------------------------------------------------------------------------------------------
 
 
-@exercise("4.4", "Bug hunt: a mask that does not mask")
+@exercise("4.4", "Bug hunt: a mask that does not mask", level=2, minutes=10)
 def check_fixed_causal_weights(answer: Callable) -> str:
+    own_work(answer, attention_weights, attend, sdpa_attend)
     seq, head_dim = 5, 4
     g = torch.Generator().manual_seed(45)
     queries, keys = torch.randn(seq, head_dim, generator=g), torch.randn(seq, head_dim, generator=g)
@@ -178,8 +181,9 @@ def check_fixed_causal_weights(answer: Callable) -> str:
 # -- 4.5 ---------------------------------------------------------------------------------------------
 
 
-@exercise("4.5", "Bug hunt: a silent broadcast")
+@exercise("4.5", "Bug hunt: a silent broadcast", level=2, minutes=15)
 def check_refuses_broadcast(answer: Callable) -> str:
+    own_work(answer, attend, attention_weights, sdpa_attend, CausalAttention)
     batch, seq, d = 2, 5, 4
     g = torch.Generator().manual_seed(46)
     queries, keys, values = (torch.randn(batch, seq, d, generator=g) for _ in range(3))

@@ -1,7 +1,8 @@
-"""Chapter 5's exercises: splitting and merging heads, counting parameters, a bug hunt in the merge,
-grouped-query attention's ``repeat_kv``, and the memory of the attention weights.
+"""Chapter 5's exercises: splitting and merging heads, what ablating a head changes, a bug hunt in the
+merge, grouped-query attention's ``repeat_kv``, and the memory of the attention weights.
 """
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -9,13 +10,20 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from shared.attention import MultiHeadAttention, attend, causal_mask, repeat_kv
-from shared.exercises import NotYet, close, exercise, expect, rounded, run_answer, seeded
+from shared.attention import (
+    MultiHeadAttention,
+    MultiHeadAttentionWrapper,
+    attend,
+    attention_weights,
+    causal_mask,
+    repeat_kv,
+)
+from shared.exercises import NotYet, close, exercise, expect, own_work, rounded, run_answer, seeded
 
 # -- 5.1 ---------------------------------------------------------------------------------------------
 
 
-@exercise("5.1", "Split and merge the heads")
+@exercise("5.1", "Split and merge the heads", level=1, minutes=10)
 def check_split_and_merge(answer: object) -> str:
     expect(isinstance(answer, (tuple, list)) and len(answer) == 2,
            "Pass both functions as a pair: check(\"5.1\", (split_heads, merge_heads)).")
@@ -29,8 +37,8 @@ def check_split_and_merge(answer: object) -> str:
            f"split_heads of a (2, 5, 12) tensor into 3 heads should give (2, 3, 5, 4) = (batch, heads, seq, "
            f"head_dim); yours gives {tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__}.")
     if not torch.equal(got, expected):
-        head_1 = f"Head 1 of position 0 should hold x[0, 0, 4:8] = {rounded(x[0, 0, 4:8], 1)}; yours holds " \
-                 f"{rounded(got[0, 1, 0], 1)}."
+        head_1 = f"The input's numbers are their own positions in memory; head 1 of position 0 holds " \
+                 f"{rounded(got[0, 1, 0], 1)} in yours. Which block of position 0's row should it own?"
         if torch.equal(got, x.reshape(batch, n_heads, seq, head_dim)):
             raise NotYet(f"A plain reshape to (batch, heads, seq, head_dim) has the right shape but reads the memory "
                          f"in the wrong order, mixing positions and heads. {head_1} Split the last axis, then move "
@@ -44,8 +52,8 @@ def check_split_and_merge(answer: object) -> str:
            f"merge_heads of a (2, 3, 5, 4) tensor should give (2, 5, 12) = (batch, seq, d_out); yours gives "
            f"{tuple(merged.shape) if isinstance(merged, Tensor) else type(merged).__name__}.")
     if not torch.equal(merged, x):
-        order = f"Position 0 should read head 0's four numbers, then head 1's, then head 2's: " \
-                f"{rounded(x[0, 0], 1)}; yours reads {rounded(merged[0, 0], 1)}."
+        order = f"Position 0 should read head 0's four numbers, then head 1's, then head 2's; yours reads " \
+                f"{rounded(merged[0, 0], 1)}."
         if torch.equal(merged, rearrange(expected, "b h t d -> b t (d h)")):
             raise NotYet(f"Your merge interleaves the heads (\"(d h)\"). {order}")
         raise NotYet(f"merge_heads(split_heads(x)) should give x back. {order}")
@@ -65,43 +73,85 @@ def check_split_and_merge(answer: object) -> str:
 
 # -- 5.2 ---------------------------------------------------------------------------------------------
 
+ABLATION_CHOICES = {
+    "A": "the attention weights of head 0",
+    "B": "the attention weights of head 1",
+    "C": "the context vectors of head 2",
+    "D": "the output at position 0",
+    "E": "the output at the last position",
+}
 
-def _parameters(n_heads: int) -> int:
-    with seeded(0):  # building initialises weights: keep the learner's generator as it was
-        module = MultiHeadAttention(768, 768, n_heads, context_length=1024)
-    return sum(p.numel() for p in module.parameters())
+
+def _ablation_effects() -> set[str]:
+    """Which of ABLATION_CHOICES change when head 1's query and key rows of qkv are set to zero, measured."""
+    n_heads, head_dim, seq = 3, 4, 6
+    d = n_heads * head_dim
+    with seeded(55):  # building initialises weights: keep the learner's generator as it was
+        module = MultiHeadAttention(d, d, n_heads, context_length=8)
+    ablated = copy.deepcopy(module)
+    with torch.no_grad():
+        head_1 = slice(head_dim, 2 * head_dim)
+        ablated.qkv.weight[:d][head_1] = 0  # head 1's query rows
+        ablated.qkv.weight[d : 2 * d][head_1] = 0  # head 1's key rows
+    x = torch.randn(2, seq, d, generator=torch.Generator().manual_seed(56))
+
+    def parts(m: MultiHeadAttention) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.no_grad():
+            q, k, v = rearrange(m.qkv(x), "b t (three h d) -> three b h t d", three=3, h=n_heads)
+            return attention_weights(q, k, causal_mask(seq)), attend(q, k, v, causal_mask(seq)), m(x)
+
+    (w0, c0, out0), (w1, c1, out1) = parts(module), parts(ablated)
+    changed = {
+        "A": w0[:, 0], "B": w0[:, 1], "C": c0[:, 2], "D": out0[:, 0], "E": out0[:, -1],
+    }
+    after = {"A": w1[:, 0], "B": w1[:, 1], "C": c1[:, 2], "D": out1[:, 0], "E": out1[:, -1]}
+    return {key for key in changed if not torch.allclose(changed[key], after[key], atol=1e-6)}
 
 
-@exercise("5.2", "Predict the number of parameters")
-def check_parameter_count(prediction: object) -> str:
-    expect(isinstance(prediction, (tuple, list)) and len(prediction) == 2
-           and all(isinstance(p, int) for p in prediction),
-           "Write the prediction as two whole numbers: (parameters with 12 heads, parameters with 1 head).")
-    twelve, one = _parameters(12), _parameters(1)
-    breakdown = "qkv: 768 × 2304 = 1,769,472 weights and no bias; out_proj: 768 × 768 = 589,824 weights " \
-                "+ 768 biases"
-    for guess, heads, truth in [(prediction[0], 12, twelve), (prediction[1], 1, one)]:
-        if guess == truth:
-            continue
-        why = {
-            truth - 768: "out_proj has a bias of 768 numbers.",
-            truth + 2304: "qkv has no bias by default (qkv_bias=False).",
-            truth + 1024 * 1024: "The causal mask is a buffer, not a parameter: it is built, not learned.",
-            truth - 589_824 - 768: "Count out_proj too, the projection that mixes the heads, with its bias.",
-        }.get(guess, "")
-        if not why and prediction[0] != prediction[1]:
-            why = "The number of heads does not change the count: the heads only split the 768 columns."
-        raise NotYet(f"With {heads} head{'s' if heads > 1 else ''}, MultiHeadAttention(768, 768, {heads}, "
-                     f"context_length=1024) has {truth:,} parameters, not {guess:,}. {why} ({breakdown}.)")
-    return (f"Both have {twelve:,} parameters ({breakdown}). The heads split the same matrices into blocks; "
-            "they add no weights.")
+def _letters(prediction: object) -> set[str] | None:
+    if isinstance(prediction, str):
+        prediction = [c for c in prediction if not c.isspace() and c != ","]
+    if isinstance(prediction, (set, frozenset, list, tuple)) and all(isinstance(p, str) for p in prediction):
+        return {p.strip().upper() for p in prediction}
+    return None
+
+
+@exercise("5.2", "Predict what ablating a head changes", level=2, minutes=10)
+def check_ablation_prediction(prediction: object) -> str:
+    letters = _letters(prediction)
+    expect(letters is not None, 'Write the prediction as a set of letters, e.g. {"A", "C"} (or {} if nothing changes).')
+    expect(letters <= set(ABLATION_CHOICES), f"Choose among the letters {sorted(ABLATION_CHOICES)}; you wrote "
+                                             f"{sorted(letters - set(ABLATION_CHOICES))}.")
+    truth = _ablation_effects()
+    hints = [
+        (("A" in letters) != ("A" in truth) or ("C" in letters) != ("C" in truth),
+         "Each head has its own rows of qkv. Which heads' queries, keys and values did the ablation touch, and can "
+         "a head's weights or context depend on another head's rows?"),
+        (("B" in letters) != ("B" in truth),
+         "Head 1's queries and keys are now all zero. What are its scores, and what does a softmax make of a row "
+         "of equal scores? Compare that with the weights it had."),
+        (("D" in letters) != ("D" in truth),
+         "Think about position 0: how many keys may it attend to, and does its weight depend on the scores at "
+         "all?"),
+        (("E" in letters) != ("E" in truth),
+         "Follow head 1's weights on: they average its values into its context vectors, and out_proj mixes every "
+         "head into every output dimension. What happens at the last position, which sees all six keys?"),
+    ]
+    for wrong, hint in hints:
+        if wrong:
+            raise NotYet(f"Not quite: at least one letter is off. {hint}")
+    return ("Zero queries and keys give head 1 scores of 0 everywhere, so its weights become uniform over the "
+            "past (B). Heads 0 and 2 have their own rows of qkv and do not notice (not A, not C). Position 0 "
+            "attends only to itself, with weight 1 whatever the scores, so its output stays (not D); the last "
+            "position now averages head 1's values evenly, and out_proj carries that into its output (E).")
 
 
 # -- 5.3 ---------------------------------------------------------------------------------------------
 
 
-@exercise("5.3", "Bug hunt: heads merged in the wrong order")
+@exercise("5.3", "Bug hunt: heads merged in the wrong order", level=2, minutes=15)
 def check_fixed_merge(answer: Callable) -> str:
+    own_work(answer, MultiHeadAttention, MultiHeadAttentionWrapper)
     d, n_heads, context_length = 12, 3, 8
     with seeded(53):
         reference = MultiHeadAttention(d, d, n_heads, context_length)
@@ -147,8 +197,9 @@ def check_fixed_merge(answer: Callable) -> str:
 # -- 5.4 ---------------------------------------------------------------------------------------------
 
 
-@exercise("5.4", "Grouped-query attention: repeat_kv")
+@exercise("5.4", "Grouped-query attention: repeat_kv", level=2, minutes=10)
 def check_repeat_kv(answer: Callable) -> str:
+    own_work(answer, repeat_kv)
     batch, kv_heads, seq, head_dim = 2, 2, 3, 4
     x = torch.arange(batch * kv_heads * seq * head_dim, dtype=torch.float32).reshape(batch, kv_heads, seq, head_dim)
     for groups in [2, 3, 1]:
@@ -179,7 +230,7 @@ def _megabytes(batch: int, heads: int, seq: int) -> float:
     return batch * heads * seq * seq * torch.finfo(torch.float32).bits / 8 / 1e6
 
 
-@exercise("5.5", "Predict the memory of the attention weights")
+@exercise("5.5", "Predict the memory of the attention weights", level=2, minutes=10)
 def check_weights_memory(prediction: object) -> str:
     expect(isinstance(prediction, (tuple, list)) and len(prediction) == 2
            and all(isinstance(p, (int, float)) for p in prediction),
@@ -200,12 +251,14 @@ def check_weights_memory(prediction: object) -> str:
         ] if near(guess_1024 * factor, at_1024)), "")
         if near(guess_1024 / 1e6, at_1024):
             why = "Give megabytes (10⁶ bytes), not bytes."
-        raise NotYet(f"{why} The weights of shape (8, 12, 1024, 1024) hold {8 * 12 * 1024 * 1024:,} float32 numbers: "
-                     f"{at_1024:.1f} MB.")
+        size = "too high" if guess_1024 > at_1024 else "too low"
+        why = why or "Multiply all the sizes of the tensor's shape, then the bytes per number."
+        raise NotYet(f"Your number at seq = 1024 is {size}. {why}")
     if not near(guess_2048, at_2048):
-        why = ("Doubling seq doubles both the rows (queries) and the columns (keys): four times the memory."
+        why = ("Doubling seq changes both the number of rows (queries) and the number of columns (keys)."
                if near(guess_2048, 2 * at_1024)
-               else "The weights grow with seq²: one row per query, one column per key.")
-        raise NotYet(f"Your first number is right. {why} At seq = 2048: {at_2048:.1f} MB.")
+               else "How does the size of a (batch, heads, seq, seq) tensor grow with seq?")
+        size = "too high" if guess_2048 > at_2048 else "too low"
+        raise NotYet(f"Your first number is right; the one at seq = 2048 is {size}. {why}")
     return (f"{at_1024:.1f} MB at seq = 1024 and {at_2048:.1f} MB at seq = 2048, for one tensor of one layer: "
             "quadratic in seq. Fused kernels such as SDPA's never store it whole.")
