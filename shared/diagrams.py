@@ -1198,10 +1198,12 @@ def label_points(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[
     renderer = fig.canvas.get_renderer()
     to_pixels = ax.transData.transform
     points = [to_pixels((x, y)) for x, y in zip(xs, ys, strict=True)]
-    taken = [(px - 4, py - 4, px + 4, py + 4) for px, py in points]  # the markers themselves
+    taken = [(px - 6, py - 6, px + 6, py + 6) for px, py in points]  # the markers themselves
+    pad = 2  # pixels kept free around every label
 
     def free(box):
-        return all(box[2] <= t[0] or box[0] >= t[2] or box[3] <= t[1] or box[1] >= t[3] for t in taken)
+        return all(box[2] + pad <= t[0] or box[0] - pad >= t[2] or box[3] + pad <= t[1] or box[1] - pad >= t[3]
+                   for t in taken)
 
     directions = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)]
     placed = []
@@ -1211,20 +1213,24 @@ def label_points(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[
         w, h = (lambda e: (e.width, e.height))(text.get_window_extent(renderer))
         px, py = to_pixels((x, y))
         choice = None
-        for distance in (6, 12, 20, 30, 42):
+        for distance in (8, 14, 22, 32, 44):
             for dx, dy in directions:
                 cx = px + dx * (distance + w / 2)
                 cy = py + dy * (distance + h / 2)
                 box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
                 if free(box):
-                    choice = (cx - px, cy - py, box)
+                    choice = (cx - px, cy - py, box, distance)
                     break
             if choice:
                 break
         if choice is None:  # crowded everywhere: right of the point, as a plain annotation would
-            choice = (6 + w / 2, 0, (px + 6, py - h / 2, px + 6 + w, py + h / 2))
+            choice = (8 + w / 2, 0, (px + 8, py - h / 2, px + 8 + w, py + h / 2), 8)
+        text.remove()  # measured; now placed, with a thin line to its point if it had to move away
         dpi_scale = 72 / fig.dpi  # pixels to points
-        text.set_position((choice[0] * dpi_scale, choice[1] * dpi_scale))
+        line = {"arrowstyle": "-", "color": "#6E6E6E", "lw": 0.6, "shrinkA": 1, "shrinkB": 4}
+        text = ax.annotate(label, (x, y), textcoords="offset points", fontsize=fontsize, ha="center", va="center",
+                           xytext=(choice[0] * dpi_scale, choice[1] * dpi_scale),
+                           arrowprops=line if choice[3] > 8 else None)
         taken.append(choice[2])
         placed.append(text)
     return placed
@@ -1347,10 +1353,10 @@ def draw_all_reduce(rank_grads: Sequence[torch.Tensor], whole: torch.Tensor, lab
     for ax, title in [(ax_l, "before: every rank has its own gradient"),
                       (ax_r, "after all_reduce(mean): every rank holds the same")]:
         ax.axhline(0, color=INK, linewidth=0.8)
-        ax.set_xticks(range(k), list(labels), fontsize=9.5)
+        ax.set_xticks(range(k), list(labels), fontsize=9, rotation=25, ha="right")
         ax.set_title(title, fontsize=11)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8.5, loc="best")
+        ax.legend(fontsize=8.5, loc="lower left")
     ax_l.set_ylabel("gradient", fontsize=10)
     fig.tight_layout()
     return fig
@@ -1367,7 +1373,7 @@ def draw_sampler_shards(shares: Sequence[Sequence[int]], batch_size: int, steps:
         raise ValueError(f"draw_sampler_shards needs {world} shares of at least {steps} x {per_rank} indices for a "
                          f"global batch of {batch_size}")
     colours = [VERMILLION, BLUE, GREEN, PURPLE]
-    fig, ax = _canvas(0.75 * batch_size + 2.2, 0.62 * steps + 1.2)
+    fig, ax = _canvas(0.75 * batch_size + 2.2, 0.62 * steps + 0.75)
     for step in range(steps):
         for r, share in enumerate(shares):
             for j, index in enumerate(share[step * per_rank:(step + 1) * per_rank]):
