@@ -48,12 +48,13 @@ def plot_attention_grid(
     tokens: Sequence[str] | None = None,
     panel_size: float = 2.4,
     title: str | None = None,
+    label_size: float = 10,
 ):
     """Every head of every layer on one text: a row of panels per layer, a column per head.
 
     ``weights`` is one sequence's slice of ``GPTModel.attention_maps`` (``maps[:, b]``). The
     tokens label the queries of the first column and the keys of the last row; one colour bar
-    (0 to 1) serves every panel. Returns the figure.
+    (0 to 1) serves every panel; ``label_size`` is the tokens' font size in points. Returns the figure.
     """
     plt = _pyplot()
     n_layers, n_heads = weights.shape[0], weights.shape[1]
@@ -68,9 +69,9 @@ def plot_attention_grid(
             ax.set_xlabel("")
             ax.set_ylabel("")
             if tokens is not None and head == 0:
-                ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+                ax.set_yticks(range(len(tokens)), tokens, fontsize=label_size)
             if tokens is not None and layer == n_layers - 1:
-                ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
+                ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=label_size)
     fig.colorbar(axes[0, 0].images[0], ax=axes, fraction=0.02, pad=0.01, label="attention weight")
     if title:
         fig.suptitle(title)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.exercises import check
-from shared.exercises.ch07 import BPC_CHARACTERS, BPC_LOSS, BPC_TOKENS
-from shared.train import TrainConfig, cross_entropy
+from shared.exercises.ch07 import BPC_CHARACTERS, BPC_LOSS, BPC_TOKENS, KNOB_CHANGE, final_loss, knob_run
+from shared.train import TrainConfig, cross_entropy, evaluate_loss, lr_at
 
 # -- 7.1 warmup and cosine decay ---------------------------------------------------------------------
 
@@ -256,17 +256,36 @@ def validation_loss_every_batch(model, loader, max_batches):
     return sum(losses) / len(losses)
 
 
+# -- 7.6 the experiment: clipping at 0.01 -------------------------------------------------------------------
+
+
+def right_knob_prediction() -> float:
+    return final_loss(knob_run(**KNOB_CHANGE))
+
+
+# -- the course's own versions, handed in as answers ------------------------------------------------------
+
+
+def ce_handing_it_to_nll_loss(logits, targets, ignore_id):
+    return F.nll_loss(torch.log_softmax(logits, -1).flatten(0, 1), targets.flatten(), ignore_index=ignore_id)
+
+
 WRONG_ANSWERS: dict[str, list] = {
     "7.1": [lr_warmup_from_zero, lr_decay_over_all_steps, lr_to_zero, lr_min_lr_none_as_zero, lr_without_warmup,
-            lr_linear_decay],
+            lr_linear_decay, lr_at, lambda step, config: lr_at(step, config)],
     "7.2": [ce_gathering_the_ignore_id, ce_dividing_by_every_position, ce_mean_of_row_means, ce_padding_counted,
-            ce_positive, ce_as_float, ce_modifying_targets, F.cross_entropy],
+            ce_positive, ce_as_float, ce_modifying_targets, F.cross_entropy, ce_handing_it_to_nll_loss,
+            lambda logits, targets, ignore_id: F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                                               ignore_index=ignore_id)],
     "7.3": [BPC_LOSS / math.log(2), BPC_LOSS * BPC_TOKENS / BPC_CHARACTERS, RIGHT_BPC + 0.05,
             BPC_LOSS * BPC_CHARACTERS / BPC_TOKENS / math.log(2), (RIGHT_BPC,), True],
     "7.4": [train_steps_buggy, train_steps_still_accumulating, train_steps_clipping_first,
             train_steps_zeroing_before_step, train_steps_without_clipping, train_steps_returning_nothing],
     "7.5": [validation_loss_buggy, validation_loss_with_grad, validation_loss_left_in_eval,
-            validation_loss_always_back_to_train, validation_loss_every_batch],
+            validation_loss_always_back_to_train, validation_loss_every_batch, evaluate_loss,
+            lambda model, loader, max_batches: evaluate_loss(model, loader, max_batches)],
+    # 7.6: "clipping 100 times harder slows it a lot" (about the start), "it learns faster", not a number
+    "7.6": [6.9, 6.5, 4.5, "5.5", (5.5,)],
 }
 
 
@@ -283,6 +302,8 @@ WRONG_ANSWERS: dict[str, list] = {
         ("7.4", train_steps),
         ("7.4", train_steps_zeroing_first),
         ("7.5", validation_loss),
+        ("7.6", right_knob_prediction()),
+        ("7.6", round(right_knob_prediction(), 1)),
     ],
 )
 def test_the_right_answer_passes(number, answer):
@@ -322,6 +343,11 @@ def test_the_right_answer_passes(number, answer):
         ("7.5", validation_loss_left_in_eval, "left in eval mode"),
         ("7.5", validation_loss_always_back_to_train, "restore the mode"),
         ("7.5", validation_loss_every_batch, "max_batches"),
+        ("7.1", lr_at, "course's own lr_at"),
+        ("7.2", ce_handing_it_to_nll_loss, "course's own nll_loss"),
+        ("7.5", evaluate_loss, "course's own evaluate_loss"),
+        ("7.6", 6.9, "Too high"),
+        ("7.6", 4.5, "Too low"),
     ],
 )
 def test_the_hint_names_the_mistake(number, answer, hint):
@@ -343,3 +369,29 @@ def test_checkers_leave_the_learners_random_state_and_threads_alone():
         check(number, answer, quiet=True)
     assert torch.equal(torch.rand(3), expected)
     assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize(("number", "answer"), [("7.1", lr_linear_decay), ("7.3", 2.5), ("7.3", 2.0), ("7.6", 6.9),
+                                                ("7.6", 4.5)])
+def test_a_wrong_answer_is_told_the_direction_never_the_value(number, answer):
+    expected = {"7.1": None, "7.3": RIGHT_BPC, "7.6": right_knob_prediction()}[number]
+    result = check(number, answer, quiet=True)
+    assert result.status == "not yet" and ("too high" in result.message.lower() or "too low" in result.message.lower())
+    if expected is not None:
+        for decimals in (1, 2, 3):
+            assert f"{expected:.{decimals}f}" not in result.message, result
+
+
+def test_a_wrong_value_in_the_evaluation_is_not_told_the_right_one():
+    @torch.no_grad()
+    def validation_loss_doubled(model, loader, max_batches):
+        return 2 * validation_loss(model, loader, max_batches)
+
+    result = check("7.5", validation_loss_doubled, quiet=True)
+    assert result.status == "not yet" and "too high" in result.message, result
+    assert not any(ch.isdigit() and ch != "3" for ch in result.message), result  # no loss value, only "first 3"
+
+
+def test_the_experiment_is_the_same_at_every_call_and_clipping_acts_in_it():
+    assert knob_run() == knob_run()
+    assert knob_run(**KNOB_CHANGE) != knob_run()  # clipping at 0.01 changes the run, a little

@@ -1,12 +1,16 @@
 """Chapter 7's exercises: the learning-rate schedule, a loss that ignores padding, bits per
-character, and two bug hunts in a training run (a training step, an evaluation).
+character, two bug hunts in a training run (a training step, an evaluation), and an experiment
+with one knob of the training loop (gradient clipping).
 
 Every checker makes its own seeded inputs (in a forked random state, so the learner's random
 stream is left as it was) and compares the answer with ``shared.train`` or with a run of the
 correct code on the same inputs. Where a wrong answer matches a common mistake, the hint names it.
+A hint never prints the expected value (nor its difference to the answer): it says too high or too
+low, or what to think about.
 """
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -15,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shared.exercises import NotYet, as_number, exercise, expect, seeded
-from shared.model import GPTConfig, GPTModel
+from shared.exercises import NotYet, as_number, exercise, expect, own_work, seeded
+from shared.model import GPT_CPU, GPTConfig, GPTModel
 from shared.runtime import eval_mode
-from shared.train import TrainConfig, cross_entropy, lr_at
+from shared.train import TrainConfig, cross_entropy, evaluate_loss, lr_at, train
 
-__all__ = ["BPC_CHARACTERS", "BPC_LOSS", "BPC_TOKENS", "IGNORE_ID", "SCHEDULES"]
+__all__ = ["BPC_CHARACTERS", "BPC_LOSS", "BPC_TOKENS", "IGNORE_ID", "KNOB_CHANGE", "KNOB_RUN", "SCHEDULES", "knob_run"]
 
 # 7.1: the chapter's CPU run, a default min_lr (lr / 10), and a run without warmup.
 SCHEDULES = [
@@ -74,9 +78,10 @@ def _schedule_mistakes(config: TrainConfig) -> list[tuple[Callable[[int], float]
     ]
 
 
-@exercise("7.1", "Warmup and cosine decay")
+@exercise("7.1", "Warmup and cosine decay", level=2, minutes=15)
 def check_schedule(lr_schedule) -> str:
     expect(callable(lr_schedule), f"Pass your function itself, not {type(lr_schedule).__name__}.")
+    own_work(lr_schedule, lr_at)
     for config in SCHEDULES:
         expected = [lr_at(step, config) for step in range(config.max_steps)]
         got = [as_number(lr_schedule(step, config), f"lr_schedule({step}, config)") for step in range(config.max_steps)]
@@ -92,10 +97,10 @@ def check_schedule(lr_schedule) -> str:
         phase = "warmup" if s < config.warmup_steps else "cosine decay"
         raise NotYet(
             f"For max_steps={config.max_steps}, warmup_steps={config.warmup_steps}, lr={config.lr}, "
-            f"min_lr={config.min_lr}: at step {s} (during the {phase}) the rate should be {expected[s]:.6g}, yours is "
-            f"{got[s]:.6g}; {len(wrong)} of {config.max_steps} steps differ. Steps count from 0; warmup: "
-            "lr * (step + 1) / warmup_steps; then min_lr + (lr - min_lr) * (1 + cos(pi * progress)) / 2, with progress "
-            "going from 0 to 1 over the remaining steps."
+            f"min_lr={config.min_lr}: your rate is too {'high' if got[s] > expected[s] else 'low'} at step {s} (during "
+            f"the {phase}); {len(wrong)} of {config.max_steps} steps differ. Steps count from 0; the warmup climbs "
+            "linearly to lr at its last step; then half a cosine takes the rate from lr to min_lr over the remaining "
+            "steps."
         )
     return (f"Equal to shared.train.lr_at at every step of {len(SCHEDULES)} schedules (with and without a warmup, "
             "with min_lr given and left at its default).")
@@ -115,9 +120,10 @@ def _padded_batch() -> tuple[Tensor, Tensor]:
     return logits, targets
 
 
-@exercise("7.2", "Cross-entropy that ignores padding")
+@exercise("7.2", "Cross-entropy that ignores padding", level=2, minutes=15)
 def check_masked_cross_entropy(loss_fn) -> str:
     expect(callable(loss_fn), f"Pass your function itself, not {type(loss_fn).__name__}.")
+    own_work(loss_fn, F.cross_entropy, cross_entropy, F.nll_loss, nn.CrossEntropyLoss, nn.NLLLoss)
     logits, targets = _padded_batch()
     given_logits, given_targets = logits.clone().requires_grad_(), targets.clone()
     try:
@@ -163,10 +169,9 @@ def check_masked_cross_entropy(loss_fn) -> str:
         if near(-(torch.softmax(logits, -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0][real]).mean()):
             raise NotYet("You averaged probabilities; cross-entropy averages minus the *log*-probabilities.")
         raise NotYet(
-            f"On the checker's batch (3 rows of 7 targets, {int((~real).sum())} of them padding) the loss should be "
-            f"{expected.item():.4f}, "
-            f"yours is {loss.item():.4f}. Log-softmax over the vocabulary, gather each real target's log-probability, "
-            "and average minus those over the real targets only."
+            f"On the checker's batch (3 rows of 7 targets, {int((~real).sum())} of them padding) your loss is too "
+            f"{'high' if loss.item() > expected.item() else 'low'}. Log-softmax over the vocabulary, gather each real "
+            "target's log-probability, and average minus those over the real targets only."
         )
     loss.backward()
     reference = logits.clone().requires_grad_()
@@ -187,7 +192,7 @@ def _true_bpc() -> float:
     return BPC_LOSS * BPC_TOKENS / BPC_CHARACTERS / math.log(2)
 
 
-@exercise("7.3", "Predict the bits per character")
+@exercise("7.3", "Predict the bits per character", level=1, minutes=5)
 def check_bpc(prediction) -> str:
     value, true = as_number(prediction, "Your prediction (bits per character)"), _true_bpc()
     if abs(value - true) <= 0.006:
@@ -208,8 +213,8 @@ def check_bpc(prediction) -> str:
         if abs(value - wrong) <= 0.006:
             raise NotYet(hint)
     raise NotYet(
-        f"{value:g} is not it. Total nats = {BPC_LOSS} x {BPC_TOKENS:,} tokens; divide by the number of characters, "
-        "then by ln 2 to turn nats into bits (section 7.3)."
+        f"{value:g} is too {'high' if value > true else 'low'}. Total nats = {BPC_LOSS} x {BPC_TOKENS:,} tokens; "
+        "divide by the number of characters, then by ln 2 to turn nats into bits (section 7.3)."
     )
 
 
@@ -257,7 +262,7 @@ def _same_parameters(a: nn.Module, b: nn.Module) -> bool:
     return all(torch.allclose(p, q, atol=1e-6, rtol=1e-5) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
-@exercise("7.4", "Find the bug: a training step")
+@exercise("7.4", "Find the bug: a training step", level=2, minutes=10)
 def check_training_steps(train_steps) -> str:
     expect(callable(train_steps), f"Pass your function itself, not {type(train_steps).__name__}.")
     with seeded(74):
@@ -320,9 +325,10 @@ def _eval_reference(model: nn.Module, batches: list[tuple[Tensor, Tensor]], max_
         return sum(cross_entropy(model(x), y).item() for x, y in batches[:max_batches]) / max_batches
 
 
-@exercise("7.5", "Find the bug: an evaluation in the middle of a run")
+@exercise("7.5", "Find the bug: an evaluation in the middle of a run", level=2, minutes=10)
 def check_validation_loss(validation_loss) -> str:
     expect(callable(validation_loss), f"Pass your function itself, not {type(validation_loss).__name__}.")
+    own_work(validation_loss, evaluate_loss)
     with seeded(75):
         model = GPTModel(replace(TINY, drop_rate=0.3))
         loader = _eval_batches()
@@ -349,8 +355,8 @@ def check_validation_loss(validation_loss) -> str:
         everything = _eval_reference(model, loader, EVAL_BATCHES)
         if math.isclose(first, everything, rel_tol=1e-5):
             raise NotYet(f"You averaged all {EVAL_BATCHES} batches; stop after max_batches ({EVAL_MAX_BATCHES}).")
-        raise NotYet(f"The loss should be {expected:.4f} (the mean over the first {EVAL_MAX_BATCHES} batches, in "
-                     f"eval mode), yours is {first:.4f}.")
+        raise NotYet(f"Your loss is too {'high' if first > expected else 'low'}: it should be the mean over the "
+                     f"first {EVAL_MAX_BATCHES} batches, in eval mode.")
     if any(grad_enabled):
         raise NotYet(
             "The value is right, but the forward passes ran with gradients on: PyTorch kept every activation for a "
@@ -365,3 +371,64 @@ def check_validation_loss(validation_loss) -> str:
                           "you found, do not always switch to train().")
     return (f"{first:.4f}, the same on every call and equal to shared.train.evaluate_loss: eval mode, no gradients, "
             "and the model is left in the mode it was in.")
+
+
+# -- 7.6 ---------------------------------------------------------------------------------------------
+
+# A GPT of 80,000 parameters on the start of Tiny Shakespeare: 40 steps take a second or two.
+KNOB_MODEL = replace(GPT_CPU, context_length=32, emb_dim=32, n_heads=2, n_layers=1)
+KNOB_RUN = TrainConfig(max_steps=40, lr=3e-3, warmup_steps=4, eval_every=40, eval_batches=1, progress=False)
+KNOB_CHANGE = {"grad_clip": 0.01}  # the knob the exercise turns: clip at 0.01 instead of 1.0
+KNOB_TOLERANCE = 0.1  # nats: a prediction this close to the measured loss passes
+
+
+@functools.cache
+def _knob_ids() -> tuple[int, ...]:
+    from shared.corpus import shakespeare_bpe, tiny_shakespeare
+
+    return tuple(shakespeare_bpe(KNOB_MODEL.vocab_size).encode(tiny_shakespeare()[:20_000]))
+
+
+@functools.cache
+def _knob_run(changes: tuple) -> tuple[float, ...]:
+    from shared.datasets import create_dataloader
+
+    loader = create_dataloader(list(_knob_ids()), batch_size=8, context_length=KNOB_MODEL.context_length, seed=0)
+    with seeded(76):
+        history = train(GPTModel(KNOB_MODEL), loader, None, replace(KNOB_RUN, **dict(changes)))
+    return tuple(history.step_losses)
+
+
+def knob_run(**changes) -> list[float]:
+    """Every step's loss of exercise 7.6's small run, with ``KNOB_RUN``'s settings changed by ``changes``
+    (e.g. ``knob_run(grad_clip=0.01)``). Seeded, on one thread: the same losses at every call."""
+    unknown = set(changes) - set(KNOB_RUN.__dataclass_fields__)
+    expect(not unknown, f"TrainConfig has no field {sorted(unknown)}.")
+    return list(_knob_run(tuple(sorted(changes.items()))))
+
+
+def final_loss(losses: list[float]) -> float:
+    """What exercise 7.6 compares: the mean loss of the last 10 steps of a run."""
+    return sum(losses[-10:]) / len(losses[-10:])
+
+
+@exercise("7.6", "Experiment: clip the gradient a hundred times harder", level=2, minutes=15)
+def check_knob_prediction(prediction) -> str:
+    value = as_number(prediction, "Your prediction (the mean loss of the last 10 steps)")
+    baseline, changed = final_loss(knob_run()), final_loss(knob_run(**KNOB_CHANGE))
+    if abs(value - changed) <= KNOB_TOLERANCE:
+        closeness = "within 0.05 of" if abs(changed - baseline) < 0.05 else "close to"
+        return (f"The run clipped at 0.01 ends {closeness} the run clipped at 1.0: clipping "
+                "every step's gradient far below its norm hardly changes what AdamW does, because AdamW divides "
+                "each gradient by the root of its own running mean square, so a gradient scaled down by a factor is "
+                "followed just as far.")
+    if value > changed:
+        raise NotYet(
+            "Too high: your prediction has the clipped run learning less than it does. Clipping shrinks each "
+            "gradient, but look at AdamW's update, m / (sqrt(v) + eps): what happens to it when every gradient is "
+            "multiplied by the same small factor?"
+        )
+    raise NotYet(
+        "Too low: clipping only ever shrinks gradients, it gives the optimizer no new information. Which of AdamW's "
+        "quantities does a smaller gradient change, and which does it leave as they are?"
+    )
