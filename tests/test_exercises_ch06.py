@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from shared.attention import MultiHeadAttention
 from shared.exercises import check
 from shared.exercises.ch06 import BLOCK_CONFIG, CONVERT_CONFIG, COUNT_CONFIG, hf_layout
-from shared.model import FeedForward, GPTConfig, GPTModel, LayerNorm
+from shared.model import FeedForward, GPTConfig, GPTModel, LayerNorm, TransformerBlock
 from shared.weights import load_gpt2_from_hf
 
 # -- 6.1 LayerNorm by hand -----------------------------------------------------------------------------
@@ -47,6 +47,16 @@ def layer_norm_in_place(x, weight, bias, eps=1e-5):
     return x / torch.sqrt(x.var(dim=-1, keepdim=True, unbiased=False) + eps) * weight + bias
 
 
+def layer_norm_by_pytorch(x, weight, bias, eps=1e-5):  # right numbers, but not the learner's own work
+    return torch.nn.functional.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+
+def layer_norm_by_the_course(x, weight, bias, eps=1e-5):
+    norm = LayerNorm(x.shape[-1], eps)
+    norm.load_state_dict({"weight": weight, "bias": bias})
+    return norm(x)
+
+
 # -- 6.2 GPT-2's initialisation -------------------------------------------------------------------------
 
 
@@ -60,8 +70,29 @@ def init_gpt2_(model: GPTModel) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def init_without_residual_scaling(model):
+def init_by_the_course(model):  # GPTModel's own per-module rule, without the residual scaling
     model.apply(GPTModel._init_weights)
+
+
+def init_without_residual_scaling(model):
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+
+def init_with_a_fresh_model(model):  # copies the weights of a new GPTModel: the course's initialisation
+    model.load_state_dict(GPTModel(model.config).state_dict())
+
+
+def init_scaled_by_n_layers(model):  # 0.02 / (2 * n_layers): no square root
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            scaled = name.endswith(("attn.out_proj", "ff.project"))
+            nn.init.normal_(module.weight, std=0.02 / (2 * model.config.n_layers) if scaled else 0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
 
 
 def init_scaled_by_sqrt_n_layers(model):
@@ -158,6 +189,15 @@ class BlockWithNormsSwapped(BuggyBlock):
         return x + self.ff(self.norm1(x))
 
 
+class BlockFromTheCourse(TransformerBlock):  # right outputs, but the course's own block
+    pass
+
+
+class BlockCallingTheCourse(BuggyBlock):
+    def forward(self, x):
+        return TransformerBlock.forward(self, x)
+
+
 class BlockWithRenamedParts(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -220,6 +260,10 @@ def convert_forgetting_the_head(hf_state, model):
     return {key: t for key, t in convert_gpt2_state(hf_state, model).items() if key != "out_head.weight"}
 
 
+def convert_with_the_course(hf_state, model):  # right, but the course's own loader does the work
+    return load_gpt2_from_hf(model, hf_state).state_dict()
+
+
 WRONG_ANSWERS: dict[str, list] = {
     "6.1": [
         layer_norm_unbiased,
@@ -227,8 +271,13 @@ WRONG_ANSWERS: dict[str, list] = {
         layer_norm_no_affine,
         layer_norm_over_all_features_and_tokens,
         layer_norm_in_place,
+        layer_norm_by_pytorch,
+        layer_norm_by_the_course,
     ],
     "6.2": [
+        init_by_the_course,
+        init_with_a_fresh_model,
+        init_scaled_by_n_layers,
         init_without_residual_scaling,
         init_scaled_by_sqrt_n_layers,
         init_linear_only,
@@ -249,9 +298,12 @@ WRONG_ANSWERS: dict[str, list] = {
         BlockWithoutShortcut,
         BlockWithNormsSwapped,
         BlockWithRenamedParts,
+        BlockFromTheCourse,
+        BlockCallingTheCourse,
         FixedBlock(BLOCK_CONFIG),
     ],
-    "6.5": [convert_buggy, convert_without_transposing, convert_transposing_every_matrix, convert_forgetting_the_head],
+    "6.5": [convert_buggy, convert_without_transposing, convert_transposing_every_matrix, convert_forgetting_the_head,
+            convert_with_the_course],
 }
 
 
@@ -291,12 +343,19 @@ def test_the_parameter_formula_agrees_with_count_parameters():
         ("6.1", layer_norm_eps_outside, "outside the square root"),
         ("6.1", layer_norm_no_affine, "scale and shift are missing"),
         ("6.1", layer_norm_in_place, "in place"),
-        ("6.2", init_without_residual_scaling, "0.02 / sqrt(2 * n_layers) = 0.0050"),
-        ("6.2", init_scaled_by_sqrt_n_layers, "two residual branches"),
+        ("6.1", layer_norm_by_pytorch, "PyTorch's fused layer_norm"),
+        ("6.1", layer_norm_by_the_course, "course's own LayerNorm"),
+        ("6.2", init_by_the_course, "course's own _init_weights"),
+        ("6.2", init_with_a_fresh_model, "course's own GPTModel"),
+        ("6.2", init_without_residual_scaling, "scaled down by 1/sqrt(N)"),
+        ("6.2", init_scaled_by_sqrt_n_layers, "not blocks"),
+        ("6.2", init_scaled_by_n_layers, "too small"),
         ("6.2", init_linear_only, "embed.tok.weight has std 1.0"),
         ("6.2", init_keeping_biases, "is not zero"),
         ("6.2", init_scaling_every_linear, "only the last projection of each branch"),
         ("6.3", RIGHT_COUNT + D * V, "tied"),
+        ("6.3", RIGHT_COUNT + D * V, "too high"),
+        ("6.3", 0, "too low"),
         ("6.3", RIGHT_COUNT + D * V - COUNT_CONFIG.n_layers * 3 * D, "Q/K/V biases"),
         ("6.3", 1, "Count part by part"),
         ("6.4", BuggyBlock, "normalises the residual stream itself"),
@@ -304,6 +363,9 @@ def test_the_parameter_formula_agrees_with_count_parameters():
         ("6.4", BlockWithoutShortcut, "a shortcut (x + ...) is missing"),
         ("6.4", BlockWithNormsSwapped, "norm1 feeds the attention"),
         ("6.4", BlockWithRenamedParts, "attribute names"),
+        ("6.4", BlockFromTheCourse, "course's own TransformerBlock"),
+        ("6.4", BlockCallingTheCourse, "course's own TransformerBlock"),
+        ("6.5", convert_with_the_course, "course's own load_gpt2_from_hf"),
         ("6.5", convert_buggy, "blocks.0.attn.out_proj.weight, blocks.1.attn.out_proj.weight"),
         ("6.5", convert_forgetting_the_head, "does not load"),
     ],
@@ -311,6 +373,23 @@ def test_the_parameter_formula_agrees_with_count_parameters():
 def test_the_hint_names_the_mistake(number, answer, hint):
     result = check(number, answer, quiet=True)
     assert result.status == "not yet" and hint in result.message, result
+
+
+@pytest.mark.parametrize("number", ["6.1", "6.2", "6.3", "6.4", "6.5"])
+def test_badge(number):
+    from shared.exercises import badge
+
+    assert badge(number).startswith("*★")
+
+
+def test_a_wrong_count_never_gives_the_answer_away():
+    """The hint says too high or too low, and may name a slip, but prints neither the count nor the gap."""
+    import re
+
+    for guess in [0, 1, 100_000, RIGHT_COUNT - 1, RIGHT_COUNT + 1, RIGHT_COUNT + D * V, 10**9]:
+        message = check("6.3", guess, quiet=True).message
+        numbers = {int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", message)}
+        assert not numbers & {RIGHT_COUNT, abs(guess - RIGHT_COUNT)}, message
 
 
 def test_checkers_leave_the_learners_random_state_alone():

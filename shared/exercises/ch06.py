@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shared.exercises import NotYet, close, exercise, expect, seeded
-from shared.model import GPTConfig, GPTModel, TransformerBlock, count_parameters
+from shared.exercises import NotYet, _code_names, close, exercise, expect, own_work, seeded
+from shared.model import GPTConfig, GPTModel, LayerNorm, TransformerBlock, count_parameters
+from shared.weights import load_gpt2_from_hf, load_renamed
 
 __all__ = ["BLOCK_CONFIG", "CONVERT_CONFIG", "COUNT_CONFIG", "INIT_CONFIG", "hf_layout"]
 
@@ -58,8 +59,14 @@ def _layer_norm_inputs() -> tuple[Tensor, Tensor, Tensor]:
     return x, weight, bias
 
 
-@exercise("6.1", "LayerNorm by hand")
+@exercise("6.1", "LayerNorm by hand", level=1, minutes=10)
 def check_layer_norm(layer_norm) -> str:
+    own_work(layer_norm, LayerNorm)
+    expect(
+        "layer_norm" not in _code_names(layer_norm),
+        "Your function calls PyTorch's fused layer_norm, the kernel shared.model.LayerNorm uses: write the "
+        "formula yourself (mean, biased variance, eps, scale and shift), so that you see every step.",
+    )
     x, weight, bias = _layer_norm_inputs()
     eps = 1e-5
     x_given = x.clone()
@@ -122,8 +129,9 @@ def _is_residual_projection(name: str) -> bool:
     return name.endswith(("attn.out_proj.weight", "ff.project.weight"))
 
 
-@exercise("6.2", "GPT-2's initialisation")
+@exercise("6.2", "GPT-2's initialisation", level=2, minutes=15)
 def check_init(init_gpt2_) -> str:
+    own_work(init_gpt2_, GPTModel._init_weights, GPTModel)
     config = INIT_CONFIG
     with seeded(62):
         model = GPTModel(config)
@@ -166,14 +174,17 @@ def check_init(init_gpt2_) -> str:
             if abs(std - 0.02) < 0.002:
                 raise NotYet(
                     f"{name} has std {std:.4f}, like every other matrix. The last projection of each residual "
-                    f"branch should get 0.02 / sqrt(2 * n_layers) = {residual_std:.4f} (n_layers = {config.n_layers})."
+                    "branch (attn.out_proj and ff.project) is scaled down by 1/sqrt(N), where N is the number of "
+                    "residual layers (section 6.7)."
                 )
             if abs(std - 0.02 / math.sqrt(config.n_layers)) < 0.1 * 0.02 / math.sqrt(config.n_layers):
                 raise NotYet(
-                    f"{name} has std {std:.4f} = 0.02 / sqrt(n_layers). Each block has two residual branches "
-                    f"(attention and feed-forward), so N = 2 * n_layers = {n_residual}: 0.02 / sqrt({n_residual})."
+                    f"{name} has std {std:.4f} = 0.02 / sqrt(n_layers): N counts residual layers, not blocks. How "
+                    "many branches add their output to the residual stream in each block?"
                 )
-            raise NotYet(f"{name} has std {std:.4f}, expected 0.02 / sqrt(2 * {config.n_layers}) = {residual_std:.4f}.")
+            too = "small" if std < residual_std else "large"
+            raise NotYet(f"{name} has a std of {std:.4f}, too {too} for 0.02 / sqrt(N) with N the number of "
+                         "residual layers: check how you compute N and where you take the square root.")
     for name, p in model.named_parameters():
         if p.ndim == 2:
             expect(
@@ -207,7 +218,7 @@ def _count_mistakes(config: GPTConfig) -> dict[str, int]:
     return dict(slips)
 
 
-@exercise("6.3", "Predict the parameter count")
+@exercise("6.3", "Predict the parameter count", level=2, minutes=15)
 def check_parameter_count(prediction) -> str:
     expect(
         isinstance(prediction, numbers.Real) and not isinstance(prediction, bool) and float(prediction).is_integer(),
@@ -218,17 +229,18 @@ def check_parameter_count(prediction) -> str:
     off = int(prediction) - true
     if off == 0:
         return f"GPTModel(COUNT_CONFIG) has {true:,} parameters."
+    # The hint says which way the count is off and, for a common slip, which part; never by how much
+    # (from the difference the answer would follow in one step).
+    direction = "too high" if off > 0 else "too low"
     mistakes = _count_mistakes(COUNT_CONFIG)
     for k in (1, 2):
         for combo in itertools.combinations(mistakes, k):
             if sum(mistakes[m] for m in combo) == off:
-                raise NotYet(
-                    f"{abs(off):,} too {'many' if off > 0 else 'few'}: it looks as if you " + " and ".join(combo) + "."
-                )
+                raise NotYet(f"Your count is {direction}: it looks as if you " + " and ".join(combo) + ".")
     raise NotYet(
-        f"{abs(off):,} too {'many' if off > 0 else 'few'}. Count part by part as in section 6.8: the two embeddings, "
-        "each block (Q/K/V with biases, out_proj, two LayerNorms, ff.expand, ff.project), the final LayerNorm, "
-        "and the head (tied here: counted once)."
+        f"Your count is {direction}. Count part by part as in section 6.8: the two embeddings, each block "
+        "(Q/K/V with biases, out_proj, two LayerNorms, ff.expand, ff.project), the final LayerNorm, and the head "
+        "(tied here: counted once)."
     )
 
 
@@ -248,12 +260,13 @@ def _load_into(block_class: type, state: dict[str, Tensor]) -> nn.Module:
     return block.eval()
 
 
-@exercise("6.4", "Find the bug: a transformer block")
+@exercise("6.4", "Find the bug: a transformer block", level=2, minutes=15)
 def check_block(block_class) -> str:
     expect(
         isinstance(block_class, type) and issubclass(block_class, nn.Module),
         f'Pass the class itself (check("6.4", FixedBlock)), not {type(block_class).__name__}.',
     )
+    own_work(block_class, TransformerBlock)
     with seeded(64), torch.no_grad():  # the learner's block is built in here too: it draws random numbers
         reference = TransformerBlock(BLOCK_CONFIG).eval()
         x = 3.0 * torch.randn(2, 10, BLOCK_CONFIG.emb_dim)
@@ -334,8 +347,9 @@ def hf_layout(model: GPTModel) -> dict[str, Tensor]:
     return hf
 
 
-@exercise("6.5", "Find the bug: a weight converter")
+@exercise("6.5", "Find the bug: a weight converter", level=3, minutes=20)
 def check_converter(convert_gpt2_state) -> str:
+    own_work(convert_gpt2_state, load_gpt2_from_hf, load_renamed)
     with seeded(65):
         source = GPTModel(CONVERT_CONFIG).eval()
         target = GPTModel(CONVERT_CONFIG).eval()
