@@ -182,18 +182,39 @@ def render_chat(turns: Sequence[Turn], tokenizer: BPETokenizer) -> tuple[list[in
     return prompt, [*tokenizer.encode_ordinary(turns[-1].text), end_id]
 
 
+def _fit(turns: Sequence[Turn], tokenizer: BPETokenizer, max_tokens: int, trim_prompt: bool):
+    turns = list(turns)
+    while True:
+        prompt, response = render_chat(turns, tokenizer)
+        if len(prompt) + len(response) <= max_tokens:
+            return prompt, response
+        if not trim_prompt:
+            return None
+        first = turns[0]
+        if len(turns) > 2:  # drop the oldest turn first, while two or more prompt turns are left
+            turns = turns[1:]
+        elif "\n" in first.text:  # then the oldest lines of the one prompt turn, keeping its last
+            turns[0] = Turn(first.speaker, first.text.split("\n", 1)[1])
+        else:
+            return None
+
+
 def encode_chats(
-    conversations: Sequence[Sequence[Turn]], tokenizer: BPETokenizer, max_tokens: int
+    conversations: Sequence[Sequence[Turn]], tokenizer: BPETokenizer, max_tokens: int, *, trim_prompt: bool = False
 ) -> list[tuple[list[int], list[int]]]:
-    """:func:`render_chat` of each conversation, keeping those whose prompt + response fit in
-    ``max_tokens`` (a model's context length). Long ones are dropped, not cut: a cut response would
-    never show the model its end-of-turn."""
+    """:func:`render_chat` of each conversation that fits in ``max_tokens`` (a model's context length).
+
+    The response is never cut (a cut response would never show the model its end-of-turn). With
+    ``trim_prompt``, a prompt that is too long loses its oldest part until the whole fits: whole
+    earlier turns, then the first lines of the turn being answered, down to its last line (a reply
+    answers the end of a speech most). Conversations that still do not fit are dropped.
+    """
     if max_tokens < 2:
         raise ValueError(
             f"encode_chats: max_tokens must be at least 2 (one prompt and one response token), got {max_tokens}"
         )
-    rendered = (render_chat(turns, tokenizer) for turns in conversations)
-    return [(prompt, response) for prompt, response in rendered if len(prompt) + len(response) <= max_tokens]
+    fitted = (_fit(turns, tokenizer, max_tokens, trim_prompt) for turns in conversations)
+    return [example for example in fitted if example is not None]
 
 
 # -- chatting ----------------------------------------------------------------------------------

@@ -223,6 +223,24 @@ def test_play_conversations_render_to_the_same_ids_as_their_text(split, chat_bpe
         assert chat_bpe.encode(text) == prompt + response
     fits = encode_chats([c.turns for c in split.sft], chat_bpe, max_tokens=64)
     assert 0 < len(fits) < len(split.sft) and all(len(p) + len(r) <= 64 for p, r in fits)
+    trimmed = encode_chats([c.turns for c in split.sft], chat_bpe, max_tokens=64, trim_prompt=True)
+    assert len(fits) < len(trimmed) < len(split.sft) and all(len(p) + len(r) <= 64 for p, r in trimmed)
+    assert set(map(str, fits)) <= set(map(str, trimmed))  # what fitted is kept as it was
+
+
+def test_trimming_drops_the_oldest_turns_then_the_first_lines_never_the_response(chat_bpe):
+    turns = [Turn("A", "one two three"), Turn("B", "four five\nsix seven\neight"), Turn("C", "nine ten")]
+    full = render_chat(turns, chat_bpe)
+    assert encode_chats([turns], chat_bpe, len(full[0]) + len(full[1])) == [full]
+    without_a = render_chat(turns[1:], chat_bpe)
+    last_line = render_chat([Turn("B", "eight"), turns[2]], chat_bpe)
+    for examples, max_tokens in [
+        ([without_a], len(without_a[0]) + len(without_a[1])),
+        ([last_line], len(last_line[0]) + len(last_line[1])),
+    ]:
+        assert encode_chats([turns], chat_bpe, max_tokens, trim_prompt=True) == examples
+        assert encode_chats([turns], chat_bpe, max_tokens) == []
+    assert encode_chats([turns], chat_bpe, len(last_line[0]) + len(last_line[1]) - 1, trim_prompt=True) == []
 
 
 # -- chat() ------------------------------------------------------------------------------------
