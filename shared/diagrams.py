@@ -1350,13 +1350,13 @@ def draw_all_reduce(rank_grads: Sequence[torch.Tensor], whole: torch.Tensor, lab
                  label=f"rank {r} after the all-reduce")
     ax_r.scatter(range(k), whole.tolist(), marker="_", s=900, color=INK, linewidths=2.5, zorder=3,
                  label="the whole batch's gradient, one process")
-    for ax, title in [(ax_l, "before: every rank has its own gradient"),
-                      (ax_r, "after all_reduce(mean): every rank holds the same")]:
+    for ax, title, corner in [(ax_l, "before: every rank has its own gradient", "lower left"),
+                              (ax_r, "after all_reduce(mean): every rank holds the same", "lower right")]:
         ax.axhline(0, color=INK, linewidth=0.8)
         ax.set_xticks(range(k), list(labels), fontsize=9, rotation=25, ha="right")
         ax.set_title(title, fontsize=11)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8.5, loc="lower left")
+        ax.legend(fontsize=8.5, loc=corner)
     ax_l.set_ylabel("gradient", fontsize=10)
     fig.tight_layout()
     return fig

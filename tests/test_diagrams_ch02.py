@@ -68,7 +68,8 @@ def test_labels_of_crowded_points_do_not_overlap():
     fig.canvas.draw()
     labels = [f"word{k}" for k in range(21)]
     placed = diagrams.label_points(ax, points[:, 0].tolist(), points[:, 1].tolist(), labels)
+    fig.canvas.draw()  # places the annotations
     renderer = fig.canvas.get_renderer()
-    boxes = [t.get_window_extent(renderer) for t in placed]
+    boxes = [matplotlib.text.Text.get_window_extent(t, renderer) for t in placed]  # the text, not its leader line
     for a, b in itertools.combinations(range(21), 2):
         assert not boxes[a].overlaps(boxes[b]), f"{labels[a]} overlaps {labels[b]}"

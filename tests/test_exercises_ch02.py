@@ -3,10 +3,15 @@
 ``WRONG_ANSWERS`` is read by ``tests/test_exercises.py``, which asserts that every one gets "not yet".
 """
 
+import re
+
 import pytest
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 
+from shared.datasets import NextTokenDataset
+from shared.embeddings import TokenPositionEmbedding, sinusoidal_positions
 from shared.exercises import check
 from shared.shapes import strict_matmul
 
@@ -104,6 +109,32 @@ def halves_not_pairs(n_positions, emb_dim, base=10_000.0):  # sines then cosines
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
+def the_courses_windows(ids, context_length, stride):  # right windows, not own work
+    dataset = NextTokenDataset(ids, context_length, stride)
+    return dataset.inputs, dataset.targets
+
+
+def a_lookup(idx, weight):  # right values, but not the one-hot product the exercise asks for
+    return F.embedding(idx, weight)
+
+
+class CourseEmbedding(TokenPositionEmbedding):  # a subclass of the course's own module
+    pass
+
+
+def the_courses_embedding(idx, tok, pos):
+    module = TokenPositionEmbedding(tok.num_embeddings, pos.num_embeddings, tok.embedding_dim)
+    module.load_state_dict({"tok.weight": tok.weight, "pos.weight": pos.weight})
+    return module(idx)
+
+
+COURSE_VERSIONS = {
+    "2.1": [the_courses_windows],
+    "2.3": [a_lookup],
+    "2.4": [the_courses_embedding],
+    "2.5": [sinusoidal_positions, lambda n_positions, emb_dim: sinusoidal_positions(n_positions, emb_dim)],
+}
+
 WRONG_ANSWERS: dict[str, list] = {
     "2.1": [one_window_short, targets_not_shifted, windows_every_token],
     "2.2": [(15, 31, 2), (15, 30, 1), (14, 29, 2), (16, 31, 2)],
@@ -111,6 +142,8 @@ WRONG_ANSWERS: dict[str, list] = {
     "2.4": [positions_on_the_batch_axis, positions_counted_by_batch, no_positions],
     "2.5": [doubled_exponent, cosine_first, halves_not_pairs],
 }
+for _number, _answers in COURSE_VERSIONS.items():
+    WRONG_ANSWERS[_number] = WRONG_ANSWERS[_number] + _answers
 
 RIGHT_ANSWERS = {
     "2.1": windows_by_index,
@@ -150,3 +183,31 @@ def stub(*args):
 @pytest.mark.parametrize("number", ["2.1", "2.3", "2.4", "2.5"])
 def test_a_stub_is_not_attempted(number):
     assert check(number, stub, quiet=True).status == "not attempted"
+
+
+@pytest.mark.parametrize("prediction", [(15, 31, 2), (15, 30, 1), (14, 29, 2), (16, 31, 3), (0, 0, 0), (99, 99, 99)])
+def test_a_wrong_prediction_is_told_which_way_it_is_off_but_never_the_counts(prediction):
+    result = check("2.2", prediction, quiet=True)
+    assert result.status == "not yet"
+    numbers = set(re.findall(r"\d+", result.message))
+    assert numbers <= {"64", "32", "128", "500", "1", "0"}, result.message  # the exercise's own numbers only
+    truth = (15, 30, 2)
+    for k, label in enumerate(["(a)", "(b)", "(c)"]):
+        assert (label in result.message) == (prediction[k] != truth[k])
+    assert ("too high" in result.message) == any(p > t for p, t in zip(prediction, truth, strict=True))
+    assert ("too low" in result.message) == any(p < t for p, t in zip(prediction, truth, strict=True))
+
+
+@pytest.mark.parametrize("number", sorted(COURSE_VERSIONS))
+def test_the_courses_own_versions_are_refused(number):
+    for answer in COURSE_VERSIONS[number]:
+        result = check(number, answer, quiet=True)
+        assert result.status == "not yet" and ("yourself" in result.message or "PyTorch's own" in result.message)
+    assert check("2.4", CourseEmbedding, quiet=True).status == "not yet"
+
+
+def test_hints_of_the_implement_exercises_never_show_expected_values():
+    for number, answer in [("2.1", one_window_short), ("2.1", targets_not_shifted), ("2.3", ids_counted_from_one),
+                           ("2.5", doubled_exponent), ("2.5", cosine_first)]:
+        message = check(number, answer, quiet=True).message
+        assert "expected" not in message and not re.search(r"\[\s*-?\d", message), message  # no list of values

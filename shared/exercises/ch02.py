@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.datasets import NextTokenDataset
+from shared.datasets import NextTokenDataset, create_dataloader
 from shared.embeddings import TokenPositionEmbedding, sinusoidal_positions
-from shared.exercises import NotYet, exercise, expect, rounded, run_answer
+from shared.exercises import NotYet, _code_names, exercise, expect, own_work, run_answer
 
 # -- 2.1 -------------------------------------------------------------------------------------------
 
@@ -20,8 +20,9 @@ from shared.exercises import NotYet, exercise, expect, rounded, run_answer
 WINDOW_CASES = [(40, 8, 8), (40, 8, 3), (40, 8, 11), (9, 8, 1), (100, 16, 5)]
 
 
-@exercise("2.1", "windows from an index matrix")
+@exercise("2.1", "windows from an index matrix", level=2, minutes=15)
 def _check_windows(answer):
+    own_work(answer, NextTokenDataset, create_dataloader)
     generator = torch.Generator().manual_seed(0)
     for n_tokens, context_length, stride in WINDOW_CASES:
         ids = torch.randint(0, 1000, (n_tokens,), generator=generator)
@@ -32,19 +33,21 @@ def _check_windows(answer):
                f"return a tuple of two tensors (inputs, targets), got {type(out).__name__}")
         inputs, targets = out
         want = tuple(reference.inputs.shape)
-        expect(tuple(inputs.shape) == want,
-               f"{setting}: inputs have shape {tuple(inputs.shape)}, expected {want}. Window k starts at "
-               f"k x stride, and the last one must still hold context_length + 1 ids: start + "
-               f"{context_length} + 1 <= {n_tokens}.")
-        expect(tuple(targets.shape) == want, f"{setting}: targets have shape {tuple(targets.shape)}, expected {want}")
+        if tuple(inputs.shape) != want:
+            if inputs.ndim == 2 and inputs.shape[1] == want[1]:
+                many = "many" if inputs.shape[0] > want[0] else "few"
+                raise NotYet(f"{setting}: you made {inputs.shape[0]} windows, too {many}. Window k starts at "
+                             "k x stride, and the last one must still hold context_length + 1 ids.")
+            raise NotYet(f"{setting}: inputs have shape {tuple(inputs.shape)}, not (n_windows, context_length).")
+        expect(tuple(targets.shape) == want,
+               f"{setting}: targets have shape {tuple(targets.shape)}, not the shape of the inputs")
         if not torch.equal(inputs, reference.inputs):
             k = int((inputs != reference.inputs).any(dim=1).nonzero()[0])
-            raise NotYet(f"{setting}: window {k}'s inputs are {inputs[k].tolist()}, expected "
-                         f"{reference.inputs[k].tolist()} (ids[{k * stride}:{k * stride + context_length}])")
+            raise NotYet(f"{setting}: window {k}'s inputs are wrong: window k holds the context_length ids that "
+                         "start at k x stride.")
         if not torch.equal(targets, reference.targets):
             k = int((targets != reference.targets).any(dim=1).nonzero()[0])
-            raise NotYet(f"{setting}: window {k}'s targets are {targets[k].tolist()}, expected "
-                         f"{reference.targets[k].tolist()}: the targets are the inputs shifted by one id.")
+            raise NotYet(f"{setting}: window {k}'s targets are wrong: the targets are the inputs shifted by one id.")
     return f"the same windows as shared.datasets.NextTokenDataset in {len(WINDOW_CASES)} settings."
 
 
@@ -53,7 +56,7 @@ def _check_windows(answer):
 PREDICT_TOKENS, PREDICT_CONTEXT, PREDICT_TOKEN = 1_000, 64, 500
 
 
-@exercise("2.2", "predict the number of windows")
+@exercise("2.2", "predict the number of windows", level=1, minutes=10)
 def _check_window_counts(prediction):
     expect(isinstance(prediction, tuple) and len(prediction) == 3 and all(isinstance(n, int) for n in prediction),
            f"write your prediction as a tuple of three ints, got {prediction!r}")
@@ -62,17 +65,18 @@ def _check_window_counts(prediction):
     half = NextTokenDataset(positions, PREDICT_CONTEXT, stride=PREDICT_CONTEXT // 2)
     as_target = int((half.targets == PREDICT_TOKEN).sum())
     truth = (len(full), len(half), as_target)
-    last = PREDICT_TOKENS - (PREDICT_CONTEXT + 1)
+    # A wrong count gets a direction and what to think about, never the count or a sum that gives it.
     why = [
-        f"stride {PREDICT_CONTEXT}: windows start at 0, {PREDICT_CONTEXT}, ..., up to {last} (the last start that "
-        f"leaves {PREDICT_CONTEXT + 1} ids), so {last} // {PREDICT_CONTEXT} + 1 = {truth[0]}",
-        f"stride {PREDICT_CONTEXT // 2}: {last} // {PREDICT_CONTEXT // 2} + 1 = {truth[1]}",
-        f"token {PREDICT_TOKEN} is a target of the windows that start {PREDICT_CONTEXT} to 1 tokens before it, "
-        f"and {truth[2]} of those starts are multiples of {PREDICT_CONTEXT // 2} (context / stride)",
+        "(a) windows with stride 64: they start at 0, 64, 128, ..., and the last one must still leave "
+        "context_length + 1 ids, the inputs plus the one shifted target",
+        "(b) windows with stride 32: the same rule, with starts twice as close together",
+        "(c) token 500 is a target of each window whose start lies from 64 to 1 tokens before it: count "
+        "the starts in that range that the stride reaches",
     ]
     wrong = [k for k in range(3) if prediction[k] != truth[k]]
     if wrong:
-        raise NotYet(f"you predicted {prediction}, the counts are {truth}. " + "; ".join(why[k] for k in wrong) + ".")
+        said = [f"{why[k]}; your count is too {'high' if prediction[k] > truth[k] else 'low'}" for k in wrong]
+        raise NotYet(("Not all three yet. " if len(wrong) < 3 else "") + ". ".join(said) + ".")
     return (f"{truth}: halving the stride doubles the windows, and a token away from the ends is then a target "
             "twice per epoch.")
 
@@ -80,8 +84,12 @@ def _check_window_counts(prediction):
 # -- 2.3 -------------------------------------------------------------------------------------------
 
 
-@exercise("2.3", "an embedding lookup as a one-hot product")
+@exercise("2.3", "an embedding lookup as a one-hot product", level=2, minutes=15)
 def _check_one_hot(answer):
+    own_work(answer, TokenPositionEmbedding)
+    expect(not {"embedding", "Embedding"} & _code_names(answer),
+           "That hands the work to PyTorch's own lookup (F.embedding or nn.Embedding): build the one-hot tensor "
+           "and multiply, as the exercise asks, so that you see the lookup as a product.")
     generator = torch.Generator().manual_seed(1)
     vocab_size, emb_dim = 11, 4
     idx = torch.randint(0, vocab_size, (2, 5), generator=generator)
@@ -95,9 +103,9 @@ def _check_one_hot(answer):
     if not torch.allclose(out, reference, atol=1e-6):
         b, t = (~torch.isclose(out, reference, atol=1e-6)).any(dim=-1).nonzero()[0].tolist()
         i = int(idx[b, t])
-        hint = f"position ({b}, {t}) holds id {i}; its vector should be row {i} of the weight, {rounded(weight[i])}"
+        hint = f"position ({b}, {t}) holds id {i}; its vector should be row {i} of the weight"
         matches = [r for r in range(vocab_size) if torch.allclose(out[b, t], weight[r], atol=1e-6)]
-        hint += f", but it is row {matches[0]}." if matches else f", got {rounded(out[b, t])}."
+        hint += f", but it is row {matches[0]}." if matches else ", but it is no row of the weight."
         raise NotYet(hint + " Compare idx[..., None] with torch.arange(vocab) to get a 1 exactly at each id.")
     expect(out.requires_grad, "the output does not depend on the weight (no gradient can reach it): "
                               "multiply by the weight itself, without .detach() or torch.no_grad()")
@@ -111,8 +119,9 @@ def _check_one_hot(answer):
 # -- 2.4 -------------------------------------------------------------------------------------------
 
 
-@exercise("2.4", "bug hunt: positions added along the wrong axis")
+@exercise("2.4", "bug hunt: positions added along the wrong axis", level=2, minutes=10)
 def _check_embed(answer):
+    own_work(answer, TokenPositionEmbedding)
     generator = torch.Generator().manual_seed(2)
     vocab_size, context_length, emb_dim = 50, 16, 8
     tok_weight = torch.randn(vocab_size, emb_dim, generator=generator)
@@ -151,8 +160,9 @@ def _check_embed(answer):
 # -- 2.5 -------------------------------------------------------------------------------------------
 
 
-@exercise("2.5", "bug hunt: sinusoidal frequencies")
+@exercise("2.5", "bug hunt: sinusoidal frequencies", level=2, minutes=10)
 def _check_sinusoidal(answer):
+    own_work(answer, sinusoidal_positions)
     for n_positions, emb_dim in [(16, 8), (50, 64), (3, 2)]:
         got = run_answer(answer, n_positions, emb_dim)
         want = sinusoidal_positions(n_positions, emb_dim)
@@ -162,9 +172,8 @@ def _check_sinusoidal(answer):
         if not torch.allclose(got, want, atol=1e-5):
             pair = 1 if emb_dim > 2 else 0
             raise NotYet(
-                f"sinusoidal({n_positions}, {emb_dim}): at position 1, pair {pair} (dimensions {2 * pair} and "
-                f"{2 * pair + 1}) holds {rounded(got[1, 2 * pair : 2 * pair + 2])}, expected "
-                f"{rounded(want[1, 2 * pair : 2 * pair + 2])}: the sine (even dimension) and "
-                f"the cosine (odd dimension) of 1 x 10000^(-2 x {pair} / {emb_dim}). Check each pair's frequency, "
+                f"sinusoidal({n_positions}, {emb_dim}) differs from section 2.4's encodings at position 1, "
+                f"pair {pair} (dimensions {2 * pair} and {2 * pair + 1}), which should hold the sine (even dimension) "
+                f"and the cosine (odd dimension) of pair {pair}'s angle. Check each pair's frequency, "
                 "and which of sine and cosine comes first.")
     return "equal to shared.embeddings.sinusoidal_positions."
