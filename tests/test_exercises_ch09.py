@@ -10,9 +10,8 @@ from torch import Tensor
 
 from shared.attention import attend, check_context, repeat_kv
 from shared.exercises import check
-from shared.exercises.ch09 import BUG_CONFIG, COUNT_CONFIG
+from shared.exercises.ch09 import BUG_CONFIG
 from shared.llama import LlamaAttention, LlamaModel, apply_rope, apply_rope_interleaved, halves_permutation
-from shared.model import count_parameters
 
 # -- 9.1 RMSNorm ------------------------------------------------------------------------------------
 
@@ -61,6 +60,13 @@ def rms_norm_in_place(x, weight, eps=1e-6):
 # -- 9.2 RoPE at any position -------------------------------------------------------------------------
 
 
+def _rotate(x, cos, sin):  # the halves rotation, written out (the wrong answers must not call apply_rope)
+    x1, x2 = rearrange(x, "... (two half) -> two ... half", two=2)
+    half = x.shape[-1] // 2
+    c, s = cos[..., :half], sin[..., :half]
+    return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1)
+
+
 def rope(x, positions, base=10_000.0):
     head_dim = x.shape[-1]
     frequencies = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
@@ -77,7 +83,7 @@ def _tables(head_dim, positions, base, exponent=2):
 
 
 def rope_from_zero(x, positions, base=10_000.0):
-    return apply_rope(x, *_tables(x.shape[-1], torch.arange(x.shape[2]), base))
+    return _rotate(x, *_tables(x.shape[-1], torch.arange(x.shape[2]), base))
 
 
 def rope_over_emb_dim(x, positions, base=10_000.0):
@@ -89,7 +95,7 @@ def rope_over_emb_dim(x, positions, base=10_000.0):
 
 
 def rope_without_the_two(x, positions, base=10_000.0):
-    return apply_rope(x, *_tables(x.shape[-1], positions, base, exponent=1))
+    return _rotate(x, *_tables(x.shape[-1], positions, base, exponent=1))
 
 
 def rope_interleaved(x, positions, base=10_000.0):
@@ -98,7 +104,7 @@ def rope_interleaved(x, positions, base=10_000.0):
 
 def rope_backwards(x, positions, base=10_000.0):
     cos, sin = _tables(x.shape[-1], positions, base)
-    return apply_rope(x, cos, -sin)
+    return _rotate(x, cos, -sin)
 
 
 def rope_without_rotate_half(x, positions, base=10_000.0):
@@ -141,17 +147,62 @@ def to_halves_fixed_heads(weight, n_heads):
     return to_halves_layout(weight, 4)
 
 
-# -- 9.4 the parameter count ---------------------------------------------------------------------------
+# -- 9.4 true or false -------------------------------------------------------------------------------------
+
+RIGHT_STATEMENTS = {"a", "d", "f"}
 
 
-def count_by_formula(c) -> int:
-    d, kv = c.emb_dim, c.kv_heads * c.head_dim
-    block = 2 * d + d * d + 2 * kv * d + d * d + 3 * c.hidden_dim * d
-    return c.vocab_size * d + c.n_layers * block + d + c.vocab_size * d
+# -- 9.6 the experiment ---------------------------------------------------------------------------------------
 
 
-RIGHT_COUNT = count_by_formula(COUNT_CONFIG)
-D, V, N = COUNT_CONFIG.emb_dim, COUNT_CONFIG.vocab_size, COUNT_CONFIG.n_layers
+def without_rope(model):
+    for block in model.blocks:
+        block.attn.cos.fill_(1.0)
+        block.attn.sin.zero_()
+    return model
+
+
+def without_rope_in_the_first_layer_only(model):
+    model.blocks[0].attn.cos.fill_(1.0)
+    model.blocks[0].attn.sin.zero_()
+    return model
+
+
+def without_rope_by_zeroing_everything(model):  # cos 0 as well: the queries and keys vanish
+    for block in model.blocks:
+        block.attn.cos.zero_()
+        block.attn.sin.zero_()
+    return model
+
+
+def without_rope_and_new_weights(model):
+    for block in model.blocks:
+        block.attn.cos.fill_(1.0)
+        block.attn.sin.zero_()
+        torch.nn.init.normal_(block.attn.q_proj.weight)
+    return model
+
+
+class RMSNormOverPositions(torch.nn.Module):  # the mistake: the mean over positions (dim=-2)
+    def forward(self, x):
+        return x / torch.sqrt(x.pow(2).mean(dim=-2, keepdim=True) + 1e-6)
+
+
+def rms_over_positions_model_is_not_causal() -> bool:
+    """Chapter 9's section 9.6: a norm over positions lets a later token change earlier logits."""
+    from shared.exercises.ch09 import EXPERIMENT_CONFIG
+
+    torch.manual_seed(0)
+    model = LlamaModel(EXPERIMENT_CONFIG).eval()
+    ids = torch.randint(0, EXPERIMENT_CONFIG.vocab_size, (1, 12))
+    changed = ids.clone()
+    changed[0, -1] = (changed[0, -1] + 1) % EXPERIMENT_CONFIG.vocab_size
+    with torch.no_grad():
+        before = torch.allclose(model(ids)[:, :-1], model(changed)[:, :-1], atol=1e-6)
+        for block in model.blocks:
+            block.norm1, block.norm2 = RMSNormOverPositions(), RMSNormOverPositions()
+        after = torch.allclose(model(ids)[:, :-1], model(changed)[:, :-1], atol=1e-6)
+    return before and not after
 
 
 # -- 9.5 the cached RoPE with a bug ------------------------------------------------------------------------
@@ -175,8 +226,31 @@ class BuggyCachedAttention(LlamaAttention):  # as in the notebook: every call ro
         return self.o_proj(rearrange(context, "b h t d -> b t (h d)"))
 
 
-class FixedCachedAttention(LlamaAttention):
-    """The fix is shared.llama's own forward, which rotates from the cache's length, not from 0."""
+class FixedCachedAttention(BuggyCachedAttention):  # the fix: rotate from the cache's length, not from 0
+    def forward(self, x: Float[Tensor, "batch seq emb_dim"], cache=None) -> Float[Tensor, "batch seq emb_dim"]:
+        seq = x.shape[1]
+        start = cache.seq_len if cache is not None else 0
+        check_context(seq, start, self.context_length)
+        q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=self.n_heads)
+        k = rearrange(self.k_proj(x), "b t (h d) -> b h t d", h=self.kv_heads)
+        v = rearrange(self.v_proj(x), "b t (h d) -> b h t d", h=self.kv_heads)
+        cos, sin = self.cos[start : start + seq], self.sin[start : start + seq]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        groups = self.n_heads // self.kv_heads
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+        context = attend(q, k, v, self.mask[start : start + seq, : start + seq], self.dropout)
+        return self.o_proj(rearrange(context, "b h t d -> b t (h d)"))
+
+
+class DelegatesToTheCourse(BuggyCachedAttention):  # hands the work to shared.llama's own forward
+    def forward(self, x, cache=None):
+        return LlamaAttention.forward(self, x, cache)
+
+
+class NoForward(BuggyCachedAttention):
+    pass
 
 
 class OnlyQueriesFixed(BuggyCachedAttention):  # keys still rotated from position 0
@@ -250,17 +324,13 @@ WRONG_ANSWERS: dict[str, list] = {
     ],
     "9.3": [to_halves_unchanged, to_halves_columns_only, to_halves_as_one_head, to_halves_inverse,
             to_halves_fixed_heads],
-    "9.4": [
-        RIGHT_COUNT - V * D,  # took the head for tied
-        RIGHT_COUNT + COUNT_CONFIG.context_length * D,  # a position table
-        RIGHT_COUNT + N * 2 * (D - 2 * COUNT_CONFIG.head_dim) * D,  # k/v with every head
-        RIGHT_COUNT - N * COUNT_CONFIG.hidden_dim * D,  # two feed-forward matrices
-        RIGHT_COUNT + 1,
-        float(RIGHT_COUNT) + 0.5,
-        (RIGHT_COUNT,),
-    ],
+    "9.4": [{"a", "d"}, {"a", "b", "d", "f"}, {"a", "c", "d", "e", "f"}, set(), "adf", ["a", "d", "e"], {"a", "d", "g"},
+            4],
     "9.5": [BuggyCachedAttention, OnlyQueriesFixed, IgnoresTheCache, RotatesTheValues,
-            FixedCachedAttention(BUG_CONFIG)],
+            FixedCachedAttention(BUG_CONFIG), DelegatesToTheCourse, NoForward],
+    "9.6": [(without_rope, -0.1), (without_rope, 3.0), (without_rope_in_the_first_layer_only, 0.1),
+            (without_rope_by_zeroing_everything, 0.1), (without_rope_and_new_weights, 0.1), without_rope,
+            (without_rope, "small")],
 }
 
 
@@ -269,17 +339,32 @@ WRONG_ANSWERS: dict[str, list] = {
 
 @pytest.mark.parametrize(
     ("number", "answer"),
-    [("9.1", rms_norm), ("9.2", rope), ("9.3", to_halves_layout), ("9.4", RIGHT_COUNT),
-     ("9.5", FixedCachedAttention)],
+    [("9.1", rms_norm), ("9.2", rope), ("9.3", to_halves_layout), ("9.4", RIGHT_STATEMENTS),
+     ("9.4", ["A", "d", "f"]), ("9.5", FixedCachedAttention), ("9.6", (without_rope, 0.1))],
 )
 def test_the_right_answer_passes(number, answer):
     result = check(number, answer, quiet=True)
     assert result.passed, result
 
 
-def test_the_parameter_formula_agrees_with_count_parameters():
-    assert count_parameters(LlamaModel(COUNT_CONFIG)) == RIGHT_COUNT == 586_080  # the solutions notebook's number
-    assert "586,080" in check("9.4", 586_080, quiet=True).message
+def test_a_wrong_verdict_never_says_which_statement_is_wrong():
+    one_wrong = check("9.4", {"a", "d"}, quiet=True).message
+    two_wrong = check("9.4", {"a", "d", "e", "f", "b"}, quiet=True).message
+    assert "1 of your 6 verdicts" in one_wrong and "2 of your 6 verdicts" in two_wrong
+    assert one_wrong.split("think again about")[1] == two_wrong.split("think again about")[1]  # the same pointers
+
+
+def test_a_norm_over_positions_breaks_causality():
+    """Section 9.6 shows this with show_error; here it is proven without the notebook."""
+    assert rms_over_positions_model_is_not_causal()
+
+
+def test_the_experiment_without_positions_is_worse_but_learns():
+    from shared.exercises.ch09 import experiment
+
+    runs = experiment(without_rope)
+    assert runs["with RoPE"] < 6.0 and runs["without RoPE"] < 6.5  # both learned (ln 1024 = 6.93)
+    assert runs["without RoPE"] - runs["with RoPE"] > -0.05
 
 
 # -- the hints name the mistake ------------------------------------------------------------------------------
@@ -308,17 +393,22 @@ def test_the_parameter_formula_agrees_with_count_parameters():
         ("9.3", to_halves_as_one_head, "as if the matrix were one head"),
         ("9.3", to_halves_inverse, "inverse permutation"),
         ("9.3", to_halves_fixed_heads, "not for W_k"),
-        ("9.4", RIGHT_COUNT - V * D, "untied"),
-        ("9.4", RIGHT_COUNT + COUNT_CONFIG.context_length * D, "position table"),
-        ("9.4", RIGHT_COUNT + N * 2 * (D - 2 * COUNT_CONFIG.head_dim) * D, "one head per query head"),
-        ("9.4", RIGHT_COUNT - N * COUNT_CONFIG.hidden_dim * D, "SwiGLU has three"),
-        ("9.4", RIGHT_COUNT + (2 * N + 1) * D - V * D, "shift"),
-        ("9.4", 1, "Count part by part"),
+        ("9.1", lambda x, w, eps=1e-6: torch.nn.functional.rms_norm(x, (x.shape[-1],), w, eps),
+         "the course's own rms_norm"),
+        ("9.2", lambda x, p, base=10_000.0: apply_rope(x, *_tables(x.shape[-1], p, base)), "course's own apply_rope"),
+        ("9.4", {"a", "d"}, "1 of your 6 verdicts"),
+        ("9.4", {"a", "d", "g"}, "are not statements"),
         ("9.5", BuggyCachedAttention, "starts at cache.seq_len"),
         ("9.5", OnlyQueriesFixed, "from position 8 on"),
         ("9.5", IgnoresTheCache, "cache.update(k, v)"),
         ("9.5", RotatesTheValues, "Without a cache, a model with your attention differs"),
         ("9.5", FixedCachedAttention(BUG_CONFIG), "Pass the class itself"),
+        ("9.5", DelegatesToTheCourse, "course's own forward"),
+        ("9.5", NoForward, "does not define forward"),
+        ("9.6", (without_rope, -0.1), "does better"),
+        ("9.6", (without_rope, 3.0), "not blind to order"),
+        ("9.6", (without_rope_in_the_first_layer_only, 0.1), "still rotates"),
+        ("9.6", (without_rope_and_new_weights, 0.1), "changed the model's weights"),
     ],
 )
 def test_the_hint_names_the_mistake(number, answer, hint):
@@ -330,8 +420,8 @@ def test_checkers_leave_the_learners_random_state_alone():
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    for number, answer in [("9.1", rms_norm), ("9.2", rope), ("9.3", to_halves_layout), ("9.4", RIGHT_COUNT),
-                           ("9.5", FixedCachedAttention)]:
+    for number, answer in [("9.1", rms_norm), ("9.2", rope), ("9.3", to_halves_layout), ("9.4", RIGHT_STATEMENTS),
+                           ("9.5", FixedCachedAttention), ("9.6", (without_rope, 0.1))]:
         check(number, answer, quiet=True)
     assert torch.equal(torch.rand(3), expected)
 

@@ -1,14 +1,14 @@
 """Chapter 9's exercises: RMSNorm in float32, RoPE at any position, Meta's checkpoint layout turned
-into Hugging Face's, a Llama's parameter count, and a bug hunt in RoPE with a KV cache.
+into Hugging Face's, true or false about the Llama's parts, a bug hunt in RoPE with a KV cache, and an
+experiment: a tiny Llama trained with and without RoPE.
 
 Every checker makes its own seeded inputs (in a forked random state, so the learner's random
 stream is left as it was) and compares the answer with ``shared.llama`` or with a property only
 the right answer has. Where a wrong answer matches a common mistake, the hint names the mistake.
 """
 
-import itertools
+import functools
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
@@ -16,25 +16,22 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from shared.attention import repeat_kv
-from shared.exercises import NotYet, describe, exercise, expect, run_answer, seeded
+from shared.exercises import NotYet, as_number, describe, exercise, expect, own_work, run_answer, seeded
 from shared.llama import (
+    LlamaAttention,
     LlamaConfig,
     LlamaModel,
     RMSNorm,
     apply_rope,
     apply_rope_interleaved,
     halves_permutation,
+    load_llama_from_hf,
     rope_angles,
+    rotate_half,
 )
-from shared.model import count_parameters
 
-__all__ = ["BUG_CONFIG", "COUNT_CONFIG"]
+__all__ = ["BUG_CONFIG", "EXPERIMENT_CONFIG", "STATEMENTS", "experiment"]
 
-# 9.4 asks for this model's parameter count. The context length and rope_theta are distractors
-# (RoPE has no parameters); the two key/value heads, the untied head and SwiGLU's third matrix are not.
-COUNT_CONFIG = LlamaConfig(
-    vocab_size=1_000, context_length=256, emb_dim=96, n_heads=6, n_kv_heads=2, n_layers=4, hidden_dim=256
-)
 # 9.5: small, with grouped-query attention, so that a fix must keep repeat_kv working too.
 BUG_CONFIG = LlamaConfig(vocab_size=97, context_length=32, emb_dim=32, n_heads=4, n_kv_heads=2, n_layers=2,
                          hidden_dim=96)
@@ -69,9 +66,10 @@ def _rms_reference(x: Tensor, weight: Tensor, eps: float) -> Tensor:
         return norm(x)
 
 
-@exercise("9.1", "RMSNorm by hand, in float32")
+@exercise("9.1", "RMSNorm by hand, in float32", level=1, minutes=10)
 def check_rms_norm(rms_norm) -> str:
     expect(callable(rms_norm), f"Pass your function itself, not {type(rms_norm).__name__}.")
+    own_work(rms_norm, RMSNorm, nn.RMSNorm, F.rms_norm)
     x, weight, big = _rms_inputs()
     eps = 1e-6
     x_given = x.clone()
@@ -155,9 +153,10 @@ def _rope_without_the_two(x: Tensor, positions: Tensor, base: float) -> Tensor:
     return apply_rope(x, torch.cat([angles.cos()] * 2, dim=-1), torch.cat([angles.sin()] * 2, dim=-1))
 
 
-@exercise("9.2", "RoPE at any position")
+@exercise("9.2", "RoPE at any position", level=2, minutes=15)
 def check_rope(rope) -> str:
     expect(callable(rope), f"Pass your function itself, not {type(rope).__name__}.")
+    own_work(rope, apply_rope, rope_angles, rotate_half)
     x = torch.randn(*ROPE_SHAPE, generator=torch.Generator().manual_seed(92))
     positions = ROPE_POSITIONS.clone()
     x_given = x.clone()
@@ -223,9 +222,10 @@ def _scores(x: Tensor, w_q: Tensor, w_k: Tensor, rope) -> Tensor:
     return q @ rearrange(repeat_kv(k, HEADS // KV_HEADS), "b h t d -> b h d t")
 
 
-@exercise("9.3", "Meta's checkpoint layout to Hugging Face's")
+@exercise("9.3", "Meta's checkpoint layout to Hugging Face's", level=2, minutes=15)
 def check_to_halves(to_halves_layout) -> str:
     expect(callable(to_halves_layout), f"Pass your function itself, not {type(to_halves_layout).__name__}.")
+    own_work(to_halves_layout, load_llama_from_hf)
     generator = torch.Generator().manual_seed(93)
     w_q = torch.randn(HEADS * HEAD_DIM, LAYOUT_EMB, generator=generator) / math.sqrt(LAYOUT_EMB)
     w_k = torch.randn(KV_HEADS * HEAD_DIM, LAYOUT_EMB, generator=generator) / math.sqrt(LAYOUT_EMB)
@@ -251,15 +251,14 @@ def check_to_halves(to_halves_layout) -> str:
              "heads. Reorder within each head: its head_dim rows take the order of halves_permutation(head_dim)."),
             (w_q[rearrange(rearrange(torch.arange(HEADS * HEAD_DIM), "(h d) -> h d", h=HEADS)[:, inverse],
                            "h d -> (h d)")],
-             f"You applied the inverse permutation {inverse.tolist()}, which turns halves into interleaved pairs. "
-             f"The new row j of a head is its old row halves_permutation(head_dim)[j], here {perm.tolist()}."),
+             "You applied the inverse permutation, which turns halves into interleaved pairs. The new row j of a "
+             "head is its old row halves_permutation(head_dim)[j]."),
         ]
         for candidate, hint in mistakes:
             if torch.equal(got_q, candidate):
                 raise NotYet(hint)
-        raise NotYet(f"Row 1 of head 0 should be the old row {halves_permutation(HEAD_DIM)[1].item()} (the first "
-                     "member of the second pair); each head's rows go into the order of "
-                     f"halves_permutation({HEAD_DIM}) = {halves_permutation(HEAD_DIM).tolist()}.")
+        raise NotYet("Not the expected order yet. Within each head, the new row j is the old row "
+                     "halves_permutation(head_dim)[j]; the heads keep their places, one block of head_dim rows each.")
     got_k = run_answer(to_halves_layout, w_k.clone(), KV_HEADS)
     expect(isinstance(got_k, Tensor) and torch.equal(got_k, w_k[_rows_per_head(KV_HEADS, HEAD_DIM)]),
            f"Right for W_q with {HEADS} heads, but not for W_k with {KV_HEADS} key/value heads "
@@ -272,50 +271,40 @@ def check_to_halves(to_halves_layout) -> str:
 
 # -- 9.4 ---------------------------------------------------------------------------------------------
 
-
-def _count_mistakes(c: LlamaConfig) -> dict[str, int]:
-    """What each common slip adds to the true count (negative: what it leaves out)."""
-    d, n, kv = c.emb_dim, c.n_layers, c.kv_heads * c.head_dim
-    norms = 2 * n + 1
-    slips = [
-        ("counted a position table (context_length × emb_dim); RoPE's rotations have no parameters",
-         c.context_length * d),
-        ("counted RoPE's cos and sin tables, which are buffers computed from the config, not parameters",
-         n * 2 * c.context_length * c.head_dim),
-        ("gave k_proj and v_proj one head per query head; with n_kv_heads = 2 they have "
-         f"{c.kv_heads} × head_dim = {kv} rows each", n * 2 * (d - kv) * d),
-        ("left out the output head, which is untied here (its own vocab_size × emb_dim matrix)", -c.vocab_size * d),
-        ("gave each norm a shift as well; RMSNorm has only a scale (emb_dim numbers)", norms * d),
-        ("left out the norms (two per block and a final one, emb_dim numbers each)", -norms * d),
-        ("left out the final norm", -d),
-        ("counted biases; no linear layer of a Llama has one",
-         n * (d + 2 * kv + d + 2 * c.hidden_dim + d)),
-        ("counted two matrices in the feed-forward network; SwiGLU has three (gate, up, down)",
-         -n * c.hidden_dim * d),
-        ("counted one block too many", 2 * d + 2 * d * d + 2 * kv * d + 3 * c.hidden_dim * d),
-    ]
-    return dict(slips)
+# Statements about this chapter's parts; the answer is the set of letters of the true ones.
+STATEMENTS = {
+    "a": "With RoPE, the score of a query at position m and a key at position n depends on m and n only "
+         "through m - n.",
+    "b": "RoPE learns one rotation angle per position, so a longer context adds parameters.",
+    "c": "Rotating the values as well would keep attention's output unchanged when the whole sequence shifts.",
+    "d": "Every head of a layer uses the same RoPE frequencies, computed over head_dim.",
+    "e": "Grouped-query attention shrinks the KV cache by reducing the number of query heads.",
+    "f": "RMSNorm computes its statistic over the features of one token, never over positions.",
+}
+_TRUE = {"a", "d", "f"}
+_WHY = {  # what to think about, per statement, without saying which way it goes
+    "a": "section 9.3's table of scores and its diagonals",
+    "b": "what rope_angles computes from, and whether count_parameters changes with context_length",
+    "c": "section 9.6's first mistake and its shift check",
+    "d": "section 9.6's frequencies over emb_dim, and what goes wrong there",
+    "e": "which projections get fewer rows in section 9.5's GQA cell",
+    "f": "section 9.6's norm over positions and the causality check",
+}
 
 
-@exercise("9.4", "Predict the parameter count of a Llama")
-def check_llama_count(prediction) -> str:
-    expect(isinstance(prediction, numbers.Real) and not isinstance(prediction, bool)
-           and float(prediction).is_integer(),
-           f"Your prediction should be one whole number (the parameter count), got {prediction!r}.")
-    with seeded(94):  # building draws random weights: keep the learner's generator as it was
-        true = count_parameters(LlamaModel(COUNT_CONFIG))
-    off = int(prediction) - true
-    if off == 0:
-        return f"LlamaModel(COUNT_CONFIG) has {true:,} parameters."
-    mistakes = _count_mistakes(COUNT_CONFIG)
-    for k in (1, 2):
-        for combo in itertools.combinations(mistakes, k):
-            if sum(mistakes[m] for m in combo) == off:
-                raise NotYet(f"{abs(off):,} too {'many' if off > 0 else 'few'}: it looks as if you "
-                             + " and ".join(combo) + ".")
-    raise NotYet(f"{abs(off):,} too {'many' if off > 0 else 'few'}. Count part by part: the token embedding; per "
-                 "block two RMSNorms, q_proj, k_proj and v_proj (key/value heads only), o_proj, and SwiGLU's gate, up "
-                 "and down; the final RMSNorm; the untied output head. No biases, no position table.")
+@exercise("9.4", "True or false: the Llama's parts", level=1, minutes=5)
+def check_statements(answer) -> str:
+    expect(isinstance(answer, (set, frozenset, list, tuple, str)),
+           f"Give the letters of the true statements as a set, e.g. {{'a', 'b'}}; got {type(answer).__name__}.")
+    letters = {str(v).strip().lower() for v in ([answer] if isinstance(answer, str) else answer)}
+    unknown = sorted(letters - set(STATEMENTS))
+    expect(not unknown, f"{unknown} are not statements: the letters are {sorted(STATEMENTS)}.")
+    wrong = sorted(letters ^ _TRUE)
+    if wrong:
+        raise NotYet(f"{len(wrong)} of your {len(STATEMENTS)} verdicts are not right yet. For each statement, think "
+                     "again about: " + "; ".join(f"{k}: {_WHY[k]}" for k in sorted(STATEMENTS)) + ".")
+    return ("a, d and f are true. b: RoPE's angles are computed, not learned; c: rotated values carry absolute "
+            "positions into the output; e: GQA keeps every query head and shares fewer key/value heads.")
 
 
 # -- 9.5 ---------------------------------------------------------------------------------------------
@@ -346,10 +335,12 @@ def _with_attention(reference: LlamaModel, attention_class: type) -> LlamaModel:
     return model.eval()
 
 
-@exercise("9.5", "Find the bug: RoPE with a KV cache")
+@exercise("9.5", "Find the bug: RoPE with a KV cache", level=3, minutes=20)
 def check_cached_rope(attention_class) -> str:
     expect(isinstance(attention_class, type) and issubclass(attention_class, nn.Module),
            f'Pass the class itself (check("9.5", FixedCachedAttention)), not {type(attention_class).__name__}.')
+    expect("forward" in vars(attention_class), "Your class does not define forward: write the corrected forward in it.")
+    own_work(attention_class, LlamaAttention.forward)  # super().forward would be the buggy one, or the course's
     config, prompt = BUG_CONFIG, 8
     generator = torch.Generator().manual_seed(95)
     ids = torch.randint(0, config.vocab_size, (2, 20), generator=generator)
@@ -387,3 +378,91 @@ def check_cached_rope(attention_class) -> str:
         )
     return ("With your attention, logits computed with a KV cache (a prompt of 8 tokens, then 3 at once, then one at a "
             "time) equal those of the whole sequence at once, with grouped-query attention.")
+
+
+# -- 9.6 ---------------------------------------------------------------------------------------------
+
+# A tiny Llama that trains in a few seconds on one thread; the experiment compares it with and without RoPE.
+EXPERIMENT_CONFIG = LlamaConfig(vocab_size=1_024, context_length=32, emb_dim=64, n_heads=4, n_layers=2,
+                                hidden_dim=192)
+EXPERIMENT_STEPS = 80
+
+
+@functools.cache
+def _experiment_data() -> tuple[list[int], list[int]]:
+    from shared.corpus import shakespeare_bpe, tiny_shakespeare
+    from shared.datasets import train_val_split
+
+    tokenizer = shakespeare_bpe(EXPERIMENT_CONFIG.vocab_size)
+    train_text, val_text = train_val_split(tiny_shakespeare())
+    return tokenizer.encode(train_text[:200_000]), tokenizer.encode(val_text[:30_000])
+
+
+def _validation_loss(change, seed: int = 0) -> float:
+    """Train the tiny Llama (changed by ``change`` right after it is built) and return its validation loss."""
+    from shared.datasets import create_dataloader
+    from shared.shapes import shape_checks
+    from shared.train import TrainConfig, evaluate_loss, train
+
+    train_ids, val_ids = _experiment_data()
+    context = EXPERIMENT_CONFIG.context_length
+    with seeded(seed), shape_checks(False):
+        model = change(LlamaModel(EXPERIMENT_CONFIG))
+        loader = create_dataloader(train_ids, batch_size=16, context_length=context, stride=context, seed=seed)
+        val = create_dataloader(val_ids, batch_size=64, context_length=context, shuffle=False)
+        train(model, loader, None, TrainConfig(max_steps=EXPERIMENT_STEPS, lr=1e-2, warmup_steps=8,
+                                               eval_every=EXPERIMENT_STEPS, progress=False), device="cpu")
+        return evaluate_loss(model, val)
+
+
+_RUNS: dict[str, float] = {}
+
+
+def experiment(without_rope) -> dict[str, float]:
+    """9.6's experiment: the tiny Llama trained for 80 steps as it is and changed by ``without_rope``;
+    returns each one's validation loss (nats per token). A few seconds per run on one thread."""
+    if "with RoPE" not in _RUNS:
+        _RUNS["with RoPE"] = _validation_loss(lambda model: model)
+    return {"with RoPE": _RUNS["with RoPE"], "without RoPE": _validation_loss(without_rope)}
+
+
+def _rotation_is_identity(model: nn.Module) -> bool:
+    attention = [m for m in model.modules() if isinstance(m, LlamaAttention)]
+    return bool(attention) and all(bool((a.cos == 1).all()) and bool((a.sin == 0).all()) for a in attention)
+
+
+@exercise("9.6", "Experiment: a Llama without positions", level=2, minutes=15)
+def check_experiment(answer) -> str:
+    expect(isinstance(answer, tuple) and len(answer) == 2,
+           'Pass a tuple: check("9.6", (without_rope, predicted_gap)).')
+    without_rope, predicted = answer
+    expect(callable(without_rope), f"The first item should be your function without_rope, not "
+                                   f"{type(without_rope).__name__}.")
+    if predicted is ...:
+        raise NotImplementedError  # the prediction is still a stub
+    predicted = as_number(predicted, "predicted_gap")
+    with seeded(96), torch.no_grad():
+        reference = LlamaModel(EXPERIMENT_CONFIG)
+        weights = {k: v.clone() for k, v in reference.state_dict().items()}
+        changed = run_answer(without_rope, reference)
+    expect(isinstance(changed, LlamaModel),
+           f"without_rope should return the model; yours returned {describe(changed)}.")
+    expect(_rotation_is_identity(changed),
+           "In the model your function returns, some attention layer still rotates: make every layer's rotation "
+           "the identity (an angle of 0 at every position: cos 1, sin 0), so that no position enters anywhere.")
+    expect(all(torch.equal(v, changed.state_dict()[k]) for k, v in weights.items()),
+           "Your function changed the model's weights; change only the rotations.")
+    if predicted < 0:
+        raise NotYet("You predict that the model without positions does better. Think about what a causal model "
+                     "without positions can still tell apart, and what it cannot: 'dog bites man' and 'man bites "
+                     "dog' end the same way for it.")
+    if predicted > 1.0:
+        raise NotYet("You predict a large loss. A causal model without positions is not blind to order: the mask "
+                     "still lets each token see only what came before it, so it can still count and recall.")
+    runs = experiment(without_rope)
+    gap = runs["without RoPE"] - runs["with RoPE"]
+    expect(gap > -0.05, f"The run gave a gap of {gap:+.3f} nats per token, outside what the experiment gives on any "
+                        "machine: check that your function changes only the rotations.")
+    return (f"Without RoPE the tiny Llama's validation loss was {runs['without RoPE']:.3f} nats per token, with RoPE "
+            f"{runs['with RoPE']:.3f}: a gap of {gap:+.3f}. You predicted {predicted:+.3f}. Explain the size of the "
+            "gap to yourself: what can the mask alone tell the model about order, and what is left for RoPE?")
