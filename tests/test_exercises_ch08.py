@@ -11,9 +11,9 @@ from transformers import RepetitionPenaltyLogitsProcessor
 
 from shared.exercises import check
 from shared.exercises.ch08 import (
-    CACHE_BATCH,
-    CACHE_BYTES_PER_NUMBER,
-    CACHE_CONFIG,
+    _SAME_AS_GREEDY,
+    DECODE_CONFIG,
+    GREEDY_CALLS,
     NUCLEUS_P,
     NUCLEUS_PROBS,
     _min_p_inputs,
@@ -22,6 +22,7 @@ from shared.exercises.ch08 import (
     repetition_penalty_reference,
 )
 from shared.generate import generate, top_p_filter
+from shared.model import GPTModel
 
 # -- 8.1 min-p -------------------------------------------------------------------------------------------
 
@@ -57,6 +58,10 @@ def min_p_over_the_batch(logits, min_p):  # the largest probability of the whole
 def min_p_zeroing(logits, min_p):
     probs = torch.softmax(logits, dim=-1)
     return logits.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
+
+
+def min_p_by_the_reference(logits, min_p):  # right, but the checker's own reference does the work
+    return min_p_reference(logits, min_p)
 
 
 # -- 8.2 top-p counts --------------------------------------------------------------------------------------
@@ -98,6 +103,10 @@ def penalty_subtracting(logits, previous, penalty):
     return logits - seen.float() * math.log(penalty)
 
 
+def penalty_by_the_reference(logits, previous, penalty):
+    return repetition_penalty_reference(logits, previous, penalty)
+
+
 def penalty_on_the_first_row_only(logits, previous, penalty):
     out = logits.clone()
     out[:1] = repetition_penalty(logits[:1], previous[:1], penalty)
@@ -135,12 +144,18 @@ def complete_all(model, prompts, max_new_tokens):
     return results
 
 
-def complete_all_with_generate(model, prompts, max_new_tokens):  # also right: generate makes its own cache
+def complete_all_with_generate(model, prompts, max_new_tokens):  # right tokens, but generate writes the loop
     return [generate(model, idx, max_new_tokens) for idx in prompts]
 
 
-def complete_all_without_cache(model, prompts, max_new_tokens):
-    return [generate(model, idx, max_new_tokens, use_cache=False) for idx in prompts]
+@torch.no_grad()
+def complete_all_without_cache(model, prompts, max_new_tokens):  # right tokens, but the whole prefix every step
+    results = []
+    for idx in prompts:
+        for _ in range(max_new_tokens):
+            idx = torch.cat([idx, model(idx)[:, -1, :].argmax(dim=-1)[:, None]], dim=1)
+        results.append(idx)
+    return results
 
 
 @torch.no_grad()
@@ -161,21 +176,31 @@ def complete_all_one_token_short(model, prompts, max_new_tokens):
     return [complete_all(model, [idx], max_new_tokens - 1)[0] for idx in prompts]
 
 
-# -- 8.5 the KV cache's memory ------------------------------------------------------------------------------------
+# -- 8.5 which calls give greedy's tokens ----------------------------------------------------------------------
 
-C = CACHE_CONFIG
-RIGHT_BYTES = 2 * C.n_layers * C.emb_dim * C.context_length * CACHE_BATCH * CACHE_BYTES_PER_NUMBER
-RIGHT_MIB = RIGHT_BYTES / 2**20
+RIGHT_LETTERS = {"a", "b", "c", "f"}
+assert RIGHT_LETTERS == _SAME_AS_GREEDY
 
 WRONG_ANSWERS: dict[str, list] = {
-    "8.1": [min_p_absolute, min_p_returning_probabilities, min_p_in_place, min_p_over_the_batch, min_p_zeroing],
+    "8.1": [min_p_absolute, min_p_returning_probabilities, min_p_in_place, min_p_over_the_batch, min_p_zeroing,
+            min_p_by_the_reference],
     "8.2": [(0, 1, 4), (1, 0, 0), (1, 2, 4), (2, 3, 5), [1, 2], (1.5, 2, 5), 8],
     "8.3": [penalty_dividing_everything, penalty_per_occurrence, penalty_in_place, penalty_on_every_token,
-            penalty_subtracting, penalty_on_the_first_row_only],
+            penalty_subtracting, penalty_on_the_first_row_only, penalty_by_the_reference],
     "8.4": [complete_all_buggy, complete_all_without_cache, complete_all_feeding_everything,
-            complete_all_one_token_short],
-    "8.5": [RIGHT_MIB / 2, RIGHT_MIB * 2, RIGHT_MIB / CACHE_BATCH, RIGHT_MIB * C.n_heads, RIGHT_BYTES / 1e6,
-            RIGHT_BYTES, "36 MiB"],
+            complete_all_one_token_short, complete_all_with_generate],
+    "8.5": [
+        {"b"},  # only top-k 1
+        {"a", "b", "f"},  # thought a temperature of 2 reorders the tokens
+        {"b", "c", "f"},  # thought the cache changes the tokens
+        {"a", "b", "c"},  # thought the filters matter at temperature 0
+        {"a", "b", "c", "d", "f"},  # thought a low temperature is greedy
+        {"a", "b", "c", "e", "f"},  # thought top-p 0.5 keeps one token
+        set("abcdef"),
+        set(),
+        "xyz",
+        3,
+    ],
 }
 
 
@@ -191,9 +216,10 @@ WRONG_ANSWERS: dict[str, list] = {
         ("8.2", list(RIGHT_COUNTS)),
         ("8.3", repetition_penalty),
         ("8.4", complete_all),
-        ("8.4", complete_all_with_generate),
-        ("8.5", RIGHT_MIB),
-        ("8.5", 36),
+        ("8.5", RIGHT_LETTERS),
+        ("8.5", "abcf"),
+        ("8.5", ["F", "c", "b", "a"]),
+        ("8.5", "a, b, c, f"),
     ],
 )
 def test_the_right_answer_passes(number, answer):
@@ -221,11 +247,12 @@ def test_the_right_answer_passes(number, answer):
         ("8.4", complete_all_buggy, "does each prompt start from an empty cache"),
         ("8.4", complete_all_without_cache, "without a cache"),
         ("8.4", complete_all_one_token_short, "should have shape"),
-        ("8.5", RIGHT_MIB / 2, "keys *and* values"),
-        ("8.5", RIGHT_MIB * 2, "2 bytes per number"),
-        ("8.5", RIGHT_MIB / CACHE_BATCH, "one sequence's cache"),
-        ("8.5", RIGHT_MIB * C.n_heads, "heads"),
-        ("8.5", RIGHT_BYTES / 1e6, "MB"),
+        ("8.1", min_p_by_the_reference, "course's own min_p_reference"),
+        ("8.3", penalty_by_the_reference, "course's own repetition_penalty_reference"),
+        ("8.4", complete_all_with_generate, "course's own generate"),
+        ("8.5", {"a", "b", "c", "d", "f"}, "includes a call that can choose"),
+        ("8.5", {"b", "c", "f"}, "leaves out a call"),
+        ("8.5", 3, "set of letters"),
     ],
 )
 def test_the_hint_names_the_mistake(number, answer, hint):
@@ -268,3 +295,34 @@ def test_checkers_leave_the_learners_random_state_and_threads_alone():
         check(number, answer, quiet=True)
     assert torch.equal(torch.rand(3), expected)
     assert torch.get_num_threads() == threads
+
+
+# -- 8.5's answer is what generate does --------------------------------------------------------------------------
+
+
+def test_the_greedy_calls_are_what_generate_does():
+    """Each call marked True gives greedy's tokens for every prompt and seed tried; each marked False
+    differs for at least one, on a small model whose distributions are neither one-hot nor flat."""
+    torch.manual_seed(85)
+    model = GPTModel(DECODE_CONFIG).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    prompts = [torch.randint(0, DECODE_CONFIG.vocab_size, (1, n)) for n in (3, 6, 9)]
+    for letter, kwargs in GREEDY_CALLS.items():
+        gives_greedy = letter in _SAME_AS_GREEDY
+        same = []
+        for prompt in prompts:
+            greedy = generate(model, prompt, 20, temperature=0.0)
+            for seed in range(5):
+                out = generate(model, prompt, 20, **kwargs, generator=torch.Generator().manual_seed(seed))
+                same.append(torch.equal(out, greedy))
+        assert all(same) if gives_greedy else not all(same), letter
+
+
+def test_a_wrong_prediction_never_says_which_letter_is_wrong():
+    """With yes/no choices, naming the wrong letter would give its answer away: every single flip of the
+    right answer gets one of two hints (something extra, something missing), the same whichever letter."""
+    flips = [RIGHT_LETTERS ^ {letter} for letter in GREEDY_CALLS]
+    messages = {check("8.5", answer, quiet=True).message for answer in flips}
+    assert len(messages) == 2, messages

@@ -1,5 +1,5 @@
 """Chapter 8's exercises: a min-p filter, how many tokens top-p keeps, a repetition penalty, a bug
-hunt in cached decoding, and the memory a KV cache takes.
+hunt in cached decoding, and which decoding calls always give greedy decoding's tokens.
 
 Every checker makes its own seeded inputs (in a forked random state, so the learner's random
 stream is left as it was) and compares the answer with ``shared.generate``, with a short
@@ -14,15 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from shared.attention import KVCache
-from shared.exercises import NotYet, describe, exercise, expect, seeded
-from shared.generate import generate, top_p_filter
+from shared.exercises import NotYet, describe, exercise, expect, own_work, seeded
+from shared.generate import generate, generate_text, top_p_filter
 from shared.model import GPTConfig, GPTModel
-from shared.settings import GPT_GPU
 
 __all__ = [
-    "CACHE_BATCH",
-    "CACHE_BYTES_PER_NUMBER",
-    "CACHE_CONFIG",
+    "GREEDY_CALLS",
     "NUCLEUS_P",
     "NUCLEUS_PROBS",
     "min_p_reference",
@@ -35,8 +32,21 @@ NUCLEUS_PROBS = (0.42, 0.23, 0.15, 0.09, 0.07, 0.04)
 NUCLEUS_P = (0.3, 0.6, 0.9)
 # 8.4: a small model with room for every prompt and its continuation in its context.
 DECODE_CONFIG = GPTConfig(vocab_size=61, context_length=64, emb_dim=32, n_heads=4, n_layers=2)
-# 8.5: the GPU setting's model, a batch of 16 full contexts, keys and values in bfloat16.
-CACHE_CONFIG, CACHE_BATCH, CACHE_BYTES_PER_NUMBER = GPT_GPU, 16, 2
+# 8.5: calls of generate, each with the keyword arguments it adds to generate(model, prompt, 20).
+GREEDY_CALLS: dict[str, dict] = {
+    "a": dict(temperature=0.0, use_cache=False),
+    "b": dict(temperature=1.0, top_k=1),
+    "c": dict(temperature=2.0, top_k=1),
+    "d": dict(temperature=0.1),
+    "e": dict(temperature=1.0, top_p=0.5),
+    "f": dict(temperature=0.0, top_k=50, top_p=0.9),
+}
+# The calls that give greedy decoding's tokens for every model, prompt and seed (exact ties aside):
+# a, the cache changes the work, not the result; b, only the likeliest token is left to draw; c, a
+# temperature rescales the logits and never reorders them; f, temperature 0 is the argmax, and a
+# filter never removes the likeliest token. d samples from a sharper distribution, and e's nucleus
+# holds several tokens whenever the likeliest has less than half the probability.
+_SAME_AS_GREEDY = frozenset("abcf")
 
 
 def _is_number(x: object) -> bool:
@@ -62,9 +72,10 @@ def _min_p_inputs() -> Tensor:
     return logits
 
 
-@exercise("8.1", "A min-p filter")
+@exercise("8.1", "A min-p filter", level=2, minutes=15)
 def check_min_p(min_p_filter) -> str:
     expect(callable(min_p_filter), f"Pass your function itself, not {type(min_p_filter).__name__}.")
+    own_work(min_p_filter, min_p_reference)
     logits = _min_p_inputs()
     for min_p in (0.05, 0.2, 0.5):
         given = logits.clone()
@@ -96,10 +107,10 @@ def check_min_p(min_p_filter) -> str:
             raise NotYet(f"With min_p = {min_p} a row lost every token; the top token always passes "
                          "(its probability is >= min_p times itself).")
         row = int((kept != should_keep).any(dim=-1).nonzero()[0])
+        too = "many" if kept[row].sum() > should_keep[row].sum() else "few"
         raise NotYet(
-            f"With min_p = {min_p}, row {row} should keep {int(should_keep[row].sum())} of {logits.shape[-1]} tokens, "
-            f"yours keeps {int(kept[row].sum())}. Keep a token when softmax(logits) >= min_p * (the row's largest "
-            "probability); set the others to -inf."
+            f"With min_p = {min_p}, row {row} keeps too {too} tokens ({int(kept[row].sum())} of {logits.shape[-1]}). "
+            "Keep a token when softmax(logits) >= min_p * (the row's largest probability); set the others to -inf."
         )
     counts = [int((min_p_reference(logits, 0.2)[r] > float("-inf")).sum()) for r in range(logits.shape[0])]
     return (f"Same tokens kept as the reference for min_p = 0.05, 0.2 and 0.5; at 0.2 the four rows keep {counts} "
@@ -114,7 +125,7 @@ def _nucleus_counts() -> tuple[int, ...]:
     return tuple(int((top_p_filter(logits, p) > float("-inf")).sum()) for p in NUCLEUS_P)
 
 
-@exercise("8.2", "Predict how many tokens top-p keeps")
+@exercise("8.2", "Predict how many tokens top-p keeps", level=1, minutes=10)
 def check_nucleus_counts(prediction) -> str:
     expect(
         isinstance(prediction, (tuple, list)) and len(prediction) == len(NUCLEUS_P)
@@ -136,8 +147,9 @@ def check_nucleus_counts(prediction) -> str:
     if given == tuple(int(sum(q >= p for q in NUCLEUS_PROBS)) for p in NUCLEUS_P):
         raise NotYet("You counted the tokens whose own probability is at least p; top-p adds up probabilities, "
                      "from the likeliest token down, until they reach p.")
-    wrong = [p for p, a, b in zip(NUCLEUS_P, given, true, strict=True) if a != b]
-    raise NotYet(f"Not right for p = {', '.join(map(str, wrong))}. Add up the probabilities from the top; a token is "
+    wrong = [f"{p} (too {'many' if a > b else 'few'})"
+             for p, a, b in zip(NUCLEUS_P, given, true, strict=True) if a != b]
+    raise NotYet(f"Not right for p = {', '.join(wrong)}. Add up the probabilities from the top; a token is "
                  "kept while the tokens above it hold less than p (section 8.5's table).")
 
 
@@ -160,9 +172,10 @@ def _penalty_inputs() -> tuple[Tensor, Tensor]:
     return logits, previous
 
 
-@exercise("8.3", "A repetition penalty")
+@exercise("8.3", "A repetition penalty", level=2, minutes=20)
 def check_repetition_penalty(repetition_penalty) -> str:
     expect(callable(repetition_penalty), f"Pass your function itself, not {type(repetition_penalty).__name__}.")
+    own_work(repetition_penalty, repetition_penalty_reference)
     logits, previous = _penalty_inputs()
     penalty = 1.5
     given_logits, given_previous = logits.clone(), previous.clone()
@@ -200,9 +213,9 @@ def check_repetition_penalty(repetition_penalty) -> str:
         raise NotYet("You subtracted log(penalty) from every repeated logit, a different rule: divide positive logits "
                      "by the penalty and multiply negative ones by it.")
     row, col = (out - expected).abs().gt(1e-6).nonzero()[0].tolist()
-    raise NotYet(f"Row {row}, token {col}: expected {expected[row, col].item():.4f} (from "
-                 f"{logits[row, col].item():.4f}), "
-                 f"got {out[row, col].item():.4f}.")
+    was, got = logits[row, col].item(), out[row, col].item()
+    raise NotYet(f"Row {row}, token {col} is not right: its logit {was:.4f} became {got:.4f}. Is the token in that "
+                 "row's `previous`? If so, its logit should move down by the penalty's factor, once.")
 
 
 # -- 8.4 ---------------------------------------------------------------------------------------------
@@ -227,9 +240,10 @@ class _Spy(nn.Module):
 PROMPT_LENGTHS, NEW_TOKENS = (5, 3, 7), 8
 
 
-@exercise("8.4", "Find the bug: decoding several prompts with a cache")
+@exercise("8.4", "Find the bug: decoding several prompts with a cache", level=2, minutes=15)
 def check_complete_all(complete_all) -> str:
     expect(callable(complete_all), f"Pass your function itself, not {type(complete_all).__name__}.")
+    own_work(complete_all, generate, generate_text)
     with seeded(84):
         model = GPTModel(DECODE_CONFIG).eval()
         with torch.no_grad():  # larger weights than at initialisation: every prompt gets its own continuation
@@ -274,35 +288,36 @@ def check_complete_all(complete_all) -> str:
 # -- 8.5 ---------------------------------------------------------------------------------------------
 
 
-def _cache_bytes(config: GPTConfig, batch: int, bytes_per_number: int) -> int:
-    return 2 * config.n_layers * config.emb_dim * config.context_length * batch * bytes_per_number
+def _as_letters(prediction: object) -> set[str] | None:
+    """A set, list or tuple of letters (or a string of them) as a set of lower-case letters."""
+    if isinstance(prediction, str):
+        prediction = [c for c in prediction if not c.isspace() and c != ","]
+    if isinstance(prediction, (set, frozenset, list, tuple)) and all(isinstance(c, str) for c in prediction):
+        return {c.strip().lower() for c in prediction}
+    return None
 
 
-@exercise("8.5", "Predict the memory of a KV cache")
-def check_cache_memory(prediction) -> str:
-    expect(_is_number(prediction), f"Your prediction should be one number (MiB), got {prediction!r}.")
-    value = float(prediction)
-    c, batch, size = CACHE_CONFIG, CACHE_BATCH, CACHE_BYTES_PER_NUMBER
-    true_bytes = _cache_bytes(c, batch, size)
-    mib = true_bytes / 2**20
-    close = lambda bytes_: abs(value - bytes_ / 2**20) <= 0.005 * bytes_ / 2**20
-    if close(true_bytes):
-        return (f"2 (keys and values) x {c.n_layers} layers x {c.emb_dim} numbers x {c.context_length} positions x "
-                f"{batch} sequences x {size} bytes = {true_bytes:,} bytes = {mib:g} MiB.")
-    mistakes = [
-        (true_bytes / 2, "Half of it: the cache keeps keys *and* values, two tensors per layer."),
-        (true_bytes * 2, "Twice too much: bfloat16 takes 2 bytes per number (float32 takes 4)."),
-        (true_bytes / batch, f"That is one sequence's cache; the batch holds {batch}."),
-        (true_bytes * c.n_heads, "Heads split emb_dim among themselves (heads x head_dim = emb_dim): do not multiply "
-                                 "by the number of heads."),
-        (true_bytes / c.n_layers, f"That is one layer's cache; every one of the {c.n_layers} layers keeps its own."),
-    ]
-    for wrong, hint in mistakes:
-        if close(wrong):
-            raise NotYet(hint)
-    if abs(value - true_bytes / 1e6) <= 0.005 * true_bytes / 1e6:
-        raise NotYet("That is in MB (10^6 bytes); the exercise asks for MiB: divide the bytes by 2**20 = 1,048,576.")
-    raise NotYet(
-        f"{value:g} MiB is not it. Per layer, per sequence and per position the cache holds one key and one value "
-        "vector of emb_dim numbers each (section 8.8); multiply up, then by the bytes per number, and divide by 2**20."
+@exercise("8.5", "Predict which calls give greedy's tokens", level=1, minutes=10)
+def check_same_as_greedy(prediction) -> str:
+    chosen = _as_letters(prediction)
+    expect(
+        chosen is not None and chosen <= set(GREEDY_CALLS),
+        f"Your prediction should be a set of letters from {sorted(GREEDY_CALLS)}, e.g. {{\"a\", \"d\"}} (or set() for "
+        f"none of them); got {prediction!r}.",
     )
+    same = set(_SAME_AS_GREEDY)
+    if chosen == same:
+        return (f"{', '.join(sorted(same))} always give greedy's tokens: the cache changes how much each step "
+                "computes, not what; temperature rescales the logits without reordering them; top_k=1 leaves only the "
+                "likeliest token to draw; and a filter never removes it. The others sample, so they can differ.")
+    # The hints say what kind of mistake there is, never which letter: with yes/no choices, naming a
+    # letter would give its answer away.
+    hints = []
+    if chosen - same:
+        hints.append("Your set includes a call that can choose a token other than the likeliest one: a sampler is "
+                     "sure to pick greedy's token only when nothing else is left to draw from.")
+    if same - chosen:
+        hints.append("Your set leaves out a call that always gives greedy's tokens. For each knob, ask whether it "
+                     "can change which token ranks first, or what the sampler is left to draw from: the KV cache, "
+                     "the temperature, top_k, top_p.")
+    raise NotYet(" ".join(hints))
