@@ -21,7 +21,6 @@ from shared.model import GPTConfig, GPTModel, TransformerBlock, count_parameters
 from shared.settings import llama_like
 
 __all__ = [
-    "draw_attention_average",
     "draw_causal_mask",
     "draw_gpt",
     "draw_gpt_vs_llama",
