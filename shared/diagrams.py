@@ -21,12 +21,21 @@ from shared.model import GPTConfig, GPTModel, TransformerBlock, count_parameters
 from shared.settings import llama_like
 
 __all__ = [
+    "bpe_merge_steps",
+    "draw_all_reduce",
+    "draw_attention_average",
+    "draw_bpe_merges",
     "draw_causal_mask",
     "draw_gpt",
     "draw_gpt_vs_llama",
     "draw_head_split",
     "draw_kv_cache",
+    "draw_sampler_shards",
+    "draw_training_step",
     "draw_transformer_block",
+    "draw_windows",
+    "label_points",
+    "trace_training_step",
 ]
 
 # Okabe & Ito's colour-blind-safe palette; boxes use light tints of it so that black text stays
