@@ -14,6 +14,7 @@ typechecker = beartype(conf=BeartypeConf(is_pep484_tower=True))
 with install_import_hook("shared", "shared.typechecker"):
     from shared import (
         attention,
+        base,
         chat,
         classify,
         conversations,
@@ -42,6 +43,7 @@ with install_import_hook("shared", "shared.typechecker"):
 
 __all__ = [
     "attention",
+    "base",
     "chat",
     "classify",
     "conversations",
