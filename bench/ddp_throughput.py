@@ -8,8 +8,8 @@ Issue 13's target, on a 2-core CPU: two processes with one thread each (``torchr
 one process with two threads (``OMP_NUM_THREADS=2``), on the CPU setting: ``GPT_CPU``, a global
 batch of 64 windows of 64 tokens (32 per process under DDP), chapter 7's optimizer and schedule.
 
-What runs is the course's command-line trainer, ``python -m shared.train --setting cpu --device
-cpu``, as a learner would launch it, with no evaluation before the last step. Each run reports,
+What runs is the course's command-line trainer, ``python -m shared pretrain --setting cpu
+--device cpu``, as a learner would launch it, with no evaluation before the last step. Each run reports,
 in its ``history.json``, the seconds its training loop took (start-up, tokenizer and the final
 bits per character excluded). Those seconds still hold the slow first steps and the one final
 evaluation, so every configuration is run twice, for N and for 2N steps: the difference of the
@@ -68,7 +68,7 @@ def torch_threads(threads: int) -> int:
 
 def train_once(processes: int, threads: int, steps: int, out: Path) -> dict:
     """One run of the command-line trainer; returns its loop seconds (from history.json) and wall seconds."""
-    trainer = ["-m", "shared.train", "--setting", "cpu", "--device", "cpu", "--steps", str(steps),
+    trainer = ["-m", "shared", "pretrain", "--setting", "cpu", "--device", "cpu", "--steps", str(steps),
                "--eval-every", str(10 * steps), "--eval-batches", "1", "--out", str(out), "--quiet"]
     if processes == 1:
         cmd = [sys.executable, *trainer]
@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = describe_machine(torch.device("cpu"), threads=False)
     print(f"machine: {machine}; load average before "
           f"{load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
-    print(f"python -m shared.train --setting cpu: GPT_CPU, global batch 64 x 64 = {tokens_per_step:,} tokens per step; "
-          f"steady state from runs of {n} and {2 * n} steps, {args.repeats} repeat(s), median"
+    print(f"python -m shared pretrain --setting cpu: GPT_CPU, global batch 64 x 64 = {tokens_per_step:,} tokens per "
+          f"step; steady state from runs of {n} and {2 * n} steps, {args.repeats} repeat(s), median"
           + ("  [QUICK RUN: too few steps to measure anything]" if args.quick else ""))
     for name in CONFIGS:
         per_step = statistics.median(r["steady_s_per_step"] for r in runs[name])

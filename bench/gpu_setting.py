@@ -4,7 +4,7 @@
     python bench/gpu_setting.py --device cuda --nanogpt ~/src/nanoGPT      # and nanoGPT, same GPU
     python bench/gpu_setting.py --smoke --device cpu --nanogpt PATH        # seconds, on a CPU: plumbing only
 
-Ours: ``python -m shared.train --setting gpu`` (chapter 7's GPU setting: its model, batch,
+Ours: ``python -m shared pretrain --setting gpu`` (chapter 7's GPU setting: its model, batch,
 schedule and precision) in a subprocess. Measured: the wall time from launching the process to
 its exit, so Python start-up, loading and encoding the text, compiling (with ``--compile``),
 training, evaluations, the final bits per character on the whole validation text (the last 10%
@@ -114,7 +114,7 @@ def run_streaming(cmd: list[str], cwd: Path, env: dict, limit_s: float, tag: str
 
 
 def run_ours(args, device: torch.device, limit_s: float, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "shared.train", "--setting", "gpu", "--device", str(device), "--out", str(out)]
+    cmd = [sys.executable, "-m", "shared", "pretrain", "--setting", "gpu", "--device", str(device), "--out", str(out)]
     if args.steps:
         cmd += ["--steps", str(args.steps)]
     if args.compile:

@@ -14,11 +14,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared.cli.pretrain import main, parse_args
 from shared.datasets import ResumableSampler, create_dataloader
 from shared.model import GPTConfig, GPTModel
 from shared.shapes import shape_checks_enabled
 from shared.train import TrainConfig, train
-from shared.train.__main__ import main, parse_args
 
 pytestmark = pytest.mark.slow  # each test starts two or three Python processes
 
@@ -84,7 +84,7 @@ def corpus(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def run_trainer(corpus, out: Path, *extra: str, processes: int = 1) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node <processes> -m shared.train ...``, or one process (in this one: faster)."""
+    """``torchrun --nproc_per_node <processes> -m shared pretrain ...``, or one process (in this one: faster)."""
     data, env = corpus
     args = ["--data", str(data), "--out", str(out), *SMALL_RUN, *extra]
     if processes == 1:
@@ -95,7 +95,7 @@ def run_trainer(corpus, out: Path, *extra: str, processes: int = 1) -> subproces
                 code = main(args)
         return subprocess.CompletedProcess(args, code, "", stderr.getvalue())
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-                "-m", "shared.train"]
+                "-m", "shared", "pretrain"]
     return subprocess.run([*launcher, *args], capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"},
                           cwd=ROOT, timeout=300)
 

@@ -267,7 +267,7 @@ def check_shard(shard) -> str:
 
 # -- 10.5 ------------------------------------------------------------------------------------------
 
-# torchrun --nproc_per_node 4 -m shared.train --batch-size 32 --micro-batch-size 4 --context 128
+# torchrun --nproc_per_node 4 -m shared pretrain --batch-size 32 --micro-batch-size 4 --context 128
 TOKENS_RUN = {"processes": 4, "batch_size": 32, "micro_batch_size": 4, "context": 128}
 
 

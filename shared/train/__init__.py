@@ -1,6 +1,6 @@
 """Training: the loop (:mod:`shared.train.loop`), checkpoints (:mod:`shared.train.checkpoint`) and
-data parallelism (:mod:`shared.train.distributed`). ``python -m shared.train --help`` runs the same
-loop from the command line, in one process or several under ``torchrun``."""
+data parallelism (:mod:`shared.train.distributed`). ``python -m shared pretrain --help`` (:mod:`shared.cli`)
+runs the same loop from the command line, in one process or several under ``torchrun``."""
 
 from shared.train.checkpoint import (
     CheckpointMismatchError,

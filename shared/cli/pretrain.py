@@ -1,7 +1,7 @@
 """Train a GPT or a Llama-style model from the command line, in one process or several.
 
-    python -m shared.train --setting cpu --steps 300 --out runs/cpu
-    torchrun --nproc_per_node 2 -m shared.train --setting cpu --out runs/ddp   # data parallel
+    python -m shared pretrain --setting cpu --steps 300 --out runs/cpu
+    torchrun --nproc_per_node 2 -m shared pretrain --setting cpu --out runs/ddp   # data parallel
 
 The run is the same loop the notebooks call (``shared.train.train``) with the same named settings
 (``shared.settings``). It writes to ``--out``: ``checkpoint.pt`` (at every evaluation; resume with
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from shared.cli.args import non_negative_float, non_negative_int, positive_float, positive_int, rate
 from shared.corpus import read_text_file, text_bpe, tiny_shakespeare
 from shared.datasets import create_dataloader, train_val_split
 from shared.llama import LlamaModel
@@ -31,36 +32,14 @@ from shared.train.checkpoint import CheckpointMismatchError
 from shared.train.distributed import barrier, init_distributed, shutdown_distributed
 from shared.train.loop import PRECISIONS, TrainConfig, bits_per_character, train
 
+__all__ = ["build_parser", "main", "parse_args", "plan_run"]
 
-def _number(kind: type, low: float, *, low_included: bool, high: float | None = None, what: str):
-    """An argparse ``type`` that reads ``kind`` and refuses values outside [low, high) with a clear message.
-
-    Only an absent option takes the setting's value: ``--batch-size 0`` is an error, never "the default".
-    """
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        too_low = value < low if low_included else value <= low
-        if too_low or (high is not None and value >= high) or value != value:  # value != value: NaN
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
-        return value
-
-    return parse
-
-
-positive_int = _number(int, 0, low_included=False, what="a whole number of at least 1")
-non_negative_int = _number(int, 0, low_included=True, what="a whole number of at least 0")
-positive_float = _number(float, 0.0, low_included=False, high=float("inf"), what="a number above 0")
-non_negative_float = _number(float, 0.0, low_included=True, high=float("inf"), what="a number of at least 0")
-rate = _number(float, 0.0, low_included=True, high=1.0, what="a rate of at least 0 and below 1")
+PROG = "python -m shared pretrain"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     what = parser.add_argument_group("what to train")
     what.add_argument("--setting", choices=["cpu", "gpu"], default=None,
@@ -143,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         here = init_distributed(device.type)
     except ValueError as e:
-        print(f"python -m shared.train: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     try:
         if device.type == "cuda" and here.size > 1:
@@ -170,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"--resume, but there is no {config.checkpoint_path}: start without --resume")
     except (ValueError, FileNotFoundError) as e:
         if here.is_main:
-            print(f"python -m shared.train: error: {e}", file=sys.stderr)
+            print(f"{PROG}: error: {e}", file=sys.stderr)
         shutdown_distributed()
         return 2
 
@@ -188,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                             device=device)
     except CheckpointMismatchError as e:
         if here.is_main:
-            print(f"python -m shared.train: error: {e}", file=sys.stderr)
+            print(f"{PROG}: error: {e}", file=sys.stderr)
         shutdown_distributed()
         return 2
     seconds = time.perf_counter() - start

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from shared.cli.pretrain import build_parser, parse_args, plan_run
 from shared.settings import pick_setting
-from shared.train.__main__ import build_parser, parse_args, plan_run
 
 # Every option that takes a number, with a value it must refuse and a good value.
 REFUSED = {
