@@ -6,14 +6,21 @@ the prompt is context, not something to imitate. A boolean mask says which targe
 the same as setting the other targets to PyTorch's ignore index (-100) in ``F.cross_entropy``.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from einops import rearrange
 from jaxtyping import Bool, Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["collate_instructions", "masked_next_token_loss", "next_token_pairs", "token_log_probs"]
+__all__ = [
+    "collate_instructions",
+    "masked_next_token_loss",
+    "next_token_pairs",
+    "response_loss",
+    "token_log_probs",
+    "train_sft",
+]
 
 
 def collate_instructions(
@@ -76,3 +83,100 @@ def masked_next_token_loss(
         )
     nll = -token_log_probs(logits, targets)
     return torch.where(loss_mask, nll, 0.0).sum() / n_counted
+
+
+def _context_length(model: nn.Module) -> int:
+    return model.config.context_length
+
+
+def _check_fits(examples: Sequence[Sequence[Sequence[int]]], context_length: int, caller: str) -> None:
+    """Raise a clear error if an example (its parts joined) is longer than ``context_length`` tokens."""
+    for i, parts in enumerate(examples):
+        n = sum(len(part) for part in parts)
+        if n > context_length:
+            raise ValueError(
+                f"{caller}: example {i} is {n} tokens long, longer than the model's context of {context_length}; "
+                f"encode the conversations with shared.chat.encode_chats(..., max_tokens={context_length})"
+            )
+
+
+def _batches(n_examples: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
+    """``steps`` batches of example indices: a seeded walk through the examples in a new random order
+    each pass (as :func:`shared.classify.train_classifier` draws them)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch_size = min(batch_size, n_examples)
+    order: list[int] = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order += torch.randperm(n_examples, generator=generator).tolist()
+        batch, order = order[:batch_size], order[batch_size:]
+        yield batch
+
+
+def train_sft(
+    model: nn.Module,
+    examples: Sequence[tuple[Sequence[int], Sequence[int]]],
+    steps: int,
+    pad_id: int,
+    *,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> list[float]:
+    """Supervised fine-tuning: train the parameters of ``model`` that require grad (AdamW) on the
+    response-only loss (:func:`masked_next_token_loss`) of (prompt ids, response ids) ``examples``,
+    for ``steps`` batches of ``batch_size``; returns every step's loss (nats per response token).
+
+    Batches are drawn as :func:`shared.classify.train_classifier` draws them: a walk through the
+    examples in a random order, a new one each pass, from a generator seeded with ``seed``. The
+    model trains in train mode (dropout on, if it has any) and gets its mode back at the end.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("train_sft: no parameter of this model requires grad, so nothing would train")
+    if len(examples) < 1 or steps < 1:
+        raise ValueError(f"train_sft: need at least one example and one step, got {len(examples)} and {steps}")
+    _check_fits(examples, _context_length(model), "train_sft")
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    device = params[0].device
+    losses = []
+    was_training = model.training
+    model.train()
+    try:
+        for batch in _batches(len(examples), batch_size, steps, seed):
+            token_ids, response_mask = collate_instructions([examples[i] for i in batch], pad_id)
+            inputs, targets, loss_mask = next_token_pairs(token_ids.to(device), response_mask.to(device))
+            loss = masked_next_token_loss(model(inputs), targets, loss_mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    finally:
+        model.train(was_training)
+    return losses
+
+
+@torch.no_grad()
+def response_loss(
+    model: nn.Module, examples: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, *, batch_size: int = 64
+) -> float:
+    """The mean loss (nats) per response token of ``examples``, every response token weighing the
+    same (in eval mode, in batches): the held-out number that says how well a model writes replies."""
+    if not examples:
+        raise ValueError("response_loss: got no examples")
+    _check_fits(examples, _context_length(model), "response_loss")
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for first in range(0, len(examples), batch_size):
+            token_ids, response_mask = collate_instructions(examples[first : first + batch_size], pad_id)
+            inputs, targets, loss_mask = next_token_pairs(token_ids.to(device), response_mask.to(device))
+            n = int(loss_mask.sum())
+            total += masked_next_token_loss(model(inputs), targets, loss_mask).item() * n
+            count += n
+    finally:
+        model.train(was_training)
+    return total / count

@@ -1,5 +1,6 @@
 """Instruction fine-tuning: only response tokens count, each exactly once, and padding changes nothing."""
 
+import copy
 import math
 
 import pytest
@@ -7,7 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from shared.model import GPTConfig, GPTModel
-from shared.sft import collate_instructions, masked_next_token_loss, next_token_pairs, token_log_probs
+from shared.sft import (
+    collate_instructions,
+    masked_next_token_loss,
+    next_token_pairs,
+    response_loss,
+    token_log_probs,
+    train_sft,
+)
 
 EXAMPLES = [([5, 6, 7], [8, 9]), ([3], [4, 10, 11, 12, 2]), ([1, 2, 3, 4, 5], [6])]
 PAD = 0
@@ -92,3 +100,44 @@ def test_clear_errors():
     response_mask[1, 0] = True
     with pytest.raises(ValueError, match="marks a sequence's first token"):
         next_token_pairs(token_ids, response_mask)
+
+
+# -- train_sft and response_loss ---------------------------------------------------------------
+
+
+def tiny_model(seed: int = 0) -> GPTModel:
+    torch.manual_seed(seed)
+    return GPTModel(GPTConfig(vocab_size=13, context_length=8, emb_dim=16, n_heads=2, n_layers=2))
+
+
+def test_train_sft_lowers_the_response_loss_reproducibly_and_restores_the_mode():
+    examples = EXAMPLES * 4
+    before = response_loss(tiny_model().eval(), examples, pad_id=PAD)
+    model = tiny_model().eval()
+    losses = train_sft(model, examples, steps=30, pad_id=PAD, batch_size=4, lr=1e-2, seed=1)
+    assert len(losses) == 30 and not model.training
+    assert response_loss(model, examples, pad_id=PAD) < 0.5 * before
+    again = train_sft(tiny_model().eval(), examples, steps=30, pad_id=PAD, batch_size=4, lr=1e-2, seed=1)
+    assert again == losses  # same seed, same model: the same run
+
+
+def test_train_sft_first_loss_is_the_masked_loss_of_its_first_batch():
+    model = tiny_model()
+    # One step with a batch of every example: the first loss is the batch's masked loss before any update.
+    expected = response_loss(copy.deepcopy(model), EXAMPLES, pad_id=PAD)
+    (loss,) = train_sft(model, EXAMPLES, steps=1, pad_id=PAD, batch_size=len(EXAMPLES), lr=1e-2)
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_train_sft_trains_only_what_requires_grad_and_names_bad_input():
+    model = tiny_model()
+    model.blocks.requires_grad_(False)
+    frozen = copy.deepcopy(model.blocks.state_dict())
+    train_sft(model, EXAMPLES, steps=2, pad_id=PAD, lr=1e-2)
+    assert all(torch.equal(v, model.blocks.state_dict()[k]) for k, v in frozen.items())
+    with pytest.raises(ValueError, match="longer than the model's context of 8"):
+        train_sft(model, [([1, 2, 3, 4, 5], [6, 7, 8, 9])], steps=1, pad_id=PAD)
+    with pytest.raises(ValueError, match="nothing would train"):
+        train_sft(model.requires_grad_(False), EXAMPLES, steps=1, pad_id=PAD)
+    with pytest.raises(ValueError, match="at least one example and one step"):
+        train_sft(tiny_model(), EXAMPLES, steps=0, pad_id=PAD)

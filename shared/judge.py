@@ -1,0 +1,185 @@
+"""An automatic, deterministic judge of replies: is this what the asked character would say?
+
+Chapter 12 tunes a model to answer as a character of the plays. To score its replies without a
+person (or a big model behind an API), the judge is chapter 11's classifier, trained once with a
+fixed seed on speeches of the plays' held-out 10% that no evaluation uses:
+
+- ``kind="who_speaks"``: which of the ``n_characters`` characters with the most speeches speaks a
+  text. A reply is *in character* when the judge names the character that was asked to answer.
+- ``kind="which_play"``: which play a text comes from (the held-out 10% holds the end of *The Taming
+  of the Shrew* and *The Tempest*, whose casts do not overlap). A reply is *in the right play* when
+  the judge names the asked character's play.
+
+The judge reads only a reply's text, re-encoded with the base tokenizer (the chat tokens play no
+part), so it scores every model the same way. It is a measuring instrument with its own error: its
+accuracy on the real held-out replies (:meth:`Judge.accuracy`) is the ceiling of what a perfect
+imitator would score, and the chance level is what a model that ignores the asked character scores.
+"""
+
+import copy
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from shared.classify import SequenceClassifier, encode_texts, pad_token_ids, train_classifier
+from shared.conversations import Conversation
+from shared.corpus import tiny_shakespeare
+from shared.model import GPTModel
+from shared.runtime import eval_mode
+from shared.tasks import Speech, held_out_speeches
+from shared.tokenizer import BPETokenizer
+
+__all__ = ["JUDGE_KINDS", "PLAYS", "Judge", "JudgeKind", "judge_speeches", "play_of", "train_judge"]
+
+JudgeKind = Literal["who_speaks", "which_play"]
+JUDGE_KINDS: tuple[str, ...] = ("who_speaks", "which_play")
+
+# The two plays of Tiny Shakespeare's last 10%, and the first line of the second one (its first speech).
+PLAYS: tuple[str, ...] = ("The Taming of the Shrew", "The Tempest")
+_TEMPEST_OPENS = "Master:\nBoatswain!\n"
+
+
+def play_of(speech: Speech, corpus: str | None = None) -> str:
+    """Which of :data:`PLAYS` a held-out speech belongs to (by its offset in the corpus)."""
+    corpus = tiny_shakespeare() if corpus is None else corpus
+    tempest = corpus.find(_TEMPEST_OPENS)
+    if tempest < 0:
+        raise ValueError("play_of: this corpus does not contain The Tempest's opening lines; use Tiny Shakespeare")
+    return PLAYS[int(speech.start >= tempest)]
+
+
+def judge_speeches(heldout: Sequence[Conversation], corpus: str | None = None) -> list[Speech]:
+    """The speeches the judge trains on: every speech of the held-out 10% (never pretrained on) except
+    the speeches of ``heldout`` conversations, whose replies the judge will score."""
+    used = {s.start for c in heldout for s in (c.prompt, c.reply)}
+    return [s for s in held_out_speeches(corpus) if s.start not in used]
+
+
+@dataclass
+class Judge:
+    """A trained classifier and what its classes mean.
+
+    ``class_names`` are characters (``who_speaks``) or plays (``which_play``); ``target`` maps each
+    character the judge can score to the class a reply in that character should get.
+    """
+
+    classifier: SequenceClassifier
+    tokenizer: BPETokenizer
+    kind: str
+    class_names: tuple[str, ...]
+    target: dict[str, int]
+    pad_id: int
+
+    def knows(self, character: str) -> bool:
+        """Whether the judge can score replies asked of ``character``."""
+        return character in self.target
+
+    @torch.no_grad()
+    def probabilities(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """The judge's class probabilities for each text, ``(len(texts), n_classes)`` on the CPU.
+
+        Each text is cropped to the classifier's context; an empty text (a model that ends its turn
+        at once) gets a single space, so that it is scored rather than refused."""
+        context = self.classifier.context_length
+        ids = encode_texts(self.tokenizer.encode_ordinary, [t if t.strip() else " " for t in texts], context, crop=True)
+        device = self.classifier.head.weight.device
+        out = []
+        with eval_mode(self.classifier):
+            for first in range(0, len(ids), batch_size):
+                token_ids, lengths = pad_token_ids(ids[first : first + batch_size], self.pad_id)
+                logits = self.classifier(token_ids.to(device), lengths.to(device))
+                out.append(logits.float().softmax(dim=-1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(self.class_names))
+
+    def _targets(self, characters: Sequence[str]) -> list[int]:
+        unknown = sorted({c for c in characters if c not in self.target})
+        if unknown:
+            raise ValueError(
+                f"the judge cannot score replies asked of {unknown}: it knows {sorted(self.target)}. "
+                "Keep only conversations whose answering character it knows (Judge.knows)"
+            )
+        return [self.target[c] for c in characters]
+
+    def in_character(self, replies: Sequence[str], characters: Sequence[str]) -> list[bool]:
+        """For each reply, whether the judge's top class is the one of the character asked to give it."""
+        if len(replies) != len(characters):
+            raise ValueError(f"in_character: {len(replies)} replies but {len(characters)} characters; give one each")
+        targets = self._targets(characters)
+        predicted = self.probabilities(replies).argmax(dim=-1).tolist()
+        return [p == t for p, t in zip(predicted, targets, strict=True)]
+
+    def scores(self, replies: Sequence[str], characters: Sequence[str]) -> list[float]:
+        """For each reply, the probability the judge gives to the asked character's class (a softer score)."""
+        if len(replies) != len(characters):
+            raise ValueError(f"scores: {len(replies)} replies but {len(characters)} characters; give one each")
+        targets = torch.tensor(self._targets(characters), dtype=torch.long)
+        probs = self.probabilities(replies)
+        return probs[torch.arange(len(targets)), targets].tolist()
+
+    def accuracy(self, conversations: Sequence[Conversation]) -> float:
+        """The share of the real replies of ``conversations`` (those it can score) that the judge puts in
+        the right class: its ceiling, the in-character rate of a model that answered exactly as the play."""
+        known = [c for c in conversations if self.knows(c.reply.speaker)]
+        if not known:
+            raise ValueError("accuracy: none of these conversations is answered by a character the judge knows")
+        hits = self.in_character([c.reply.text for c in known], [c.reply.speaker for c in known])
+        return sum(hits) / len(hits)
+
+    def chance(self, conversations: Sequence[Conversation]) -> float:
+        """A chance level: the in-character rate if the judge's verdicts did not depend on the reply and
+        fell in each class as often as the asked classes occur in ``conversations`` (the sum of the
+        squared shares of the asked classes)."""
+        known = [c for c in conversations if self.knows(c.reply.speaker)]
+        if not known:
+            raise ValueError("chance: none of these conversations is answered by a character the judge knows")
+        targets = Counter(self.target[c.reply.speaker] for c in known)
+        return sum((n / len(known)) ** 2 for n in targets.values())
+
+
+def train_judge(
+    base_model: GPTModel,
+    tokenizer: BPETokenizer,
+    heldout: Sequence[Conversation],
+    *,
+    kind: str = "who_speaks",
+    n_characters: int = 4,
+    steps: int = 150,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    pooling: str = "last",
+    seed: int = 0,
+    corpus: str | None = None,
+) -> Judge:
+    """Fine-tune a copy of ``base_model`` (every weight, with a new head) into a :class:`Judge`.
+
+    It trains on :func:`judge_speeches` (the held-out 10% minus the ``heldout`` conversations), with
+    ``torch.manual_seed(seed)`` before the head is made and ``seed`` for the batches: the same
+    arguments give the same judge. ``who_speaks`` uses the ``n_characters`` characters with the most
+    of those speeches (ties by name); ``which_play`` uses every speech, labelled with its play.
+    """
+    if kind not in JUDGE_KINDS:
+        raise ValueError(f"train_judge: unknown kind {kind!r}; choose one of {list(JUDGE_KINDS)}")
+    corpus = tiny_shakespeare() if corpus is None else corpus
+    speeches = judge_speeches(heldout, corpus)
+    if kind == "who_speaks":
+        counts = Counter(s.speaker for s in speeches)
+        if n_characters < 2 or n_characters > len(counts):
+            raise ValueError(f"train_judge: n_characters must be between 2 and {len(counts)}, got {n_characters}")
+        class_names = tuple(name for name, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n_characters])
+        target = {name: i for i, name in enumerate(class_names)}
+        labelled = [(s.text, target[s.speaker]) for s in speeches if s.speaker in target]
+    else:
+        class_names = PLAYS
+        target = {s.speaker: PLAYS.index(play_of(s, corpus)) for s in held_out_speeches(corpus)}
+        labelled = [(s.text, PLAYS.index(play_of(s, corpus))) for s in speeches]
+    ids = encode_texts(tokenizer.encode_ordinary, [text for text, _ in labelled], base_model.context_length, crop=True)
+    examples = [(token_ids, label) for token_ids, (_, label) in zip(ids, labelled, strict=True)]
+    torch.manual_seed(seed)
+    device = next(base_model.parameters()).device
+    classifier = SequenceClassifier(copy.deepcopy(base_model), len(class_names), pooling=pooling).to(device)
+    pad_id = 0
+    train_classifier(classifier, examples, steps, pad_id, batch_size=batch_size, lr=lr, seed=seed)
+    return Judge(classifier.eval(), tokenizer, kind, class_names, target, pad_id)
