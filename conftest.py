@@ -18,10 +18,31 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 
+def _start_rank(item) -> int:
+    """When a test's unit starts, earliest first (pytest-xdist hands units out in collection order).
+
+    The longest units start first, so that two workers finish together: chapters 7 and 8 (one unit:
+    chapter 8 reads chapter 7's checkpoint), chapter 9, the GPU setting's smoke runs; then chapters 11
+    and 12, which start from chapter 7's checkpoint: by the time a worker reaches them, chapter 7 has
+    written it (``shared.base.load_base`` would wait for an unfinished one, or train a missing one);
+    then the other slow tests, the other notebooks, and the unit tests.
+    """
+    path = item.nodeid.split("::", 1)[0]
+    for rank, prefix in enumerate(("notebooks/07_", "notebooks/08_", "notebooks/09_")):
+        if path.startswith(prefix):
+            return rank
+    if "test_the_gpu_setting_runs_top_to_bottom" in item.nodeid:
+        return 3
+    if path.startswith(("notebooks/11_", "notebooks/12_")):
+        return 4
+    if item.get_closest_marker("slow") is not None:
+        return 5
+    return 6 if path.endswith(".ipynb") else 7
+
+
 def pytest_collection_modifyitems(config, items):
-    """Slow tests first (a stable sort): xdist hands out the notebooks first (the largest units),
-    then single tests in this order, so the long ones do not start last and leave a worker idle."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Order the tests by :func:`_start_rank` (a stable sort: a notebook's cells keep their order)."""
+    items.sort(key=_start_rank)
 
 
 # Test files whose tests share a slow module-scoped fixture: split over two workers, each would build it.
@@ -43,6 +64,8 @@ def pytest_xdist_make_scheduler(config, log):
     (``--dist loadgroup`` would say this with marks, but it loses its groups on pytest >= 9.2.)
     """
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # start the units in collection order (_start_rank), not by size
 
     class NotebookScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:

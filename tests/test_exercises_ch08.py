@@ -23,6 +23,7 @@ from shared.exercises.ch08 import (
 )
 from shared.generate import generate, top_p_filter
 from shared.model import GPTModel
+from shared.shapes import shape_checks
 
 # -- 8.1 min-p -------------------------------------------------------------------------------------------
 
@@ -309,6 +310,11 @@ def test_the_greedy_calls_are_what_generate_does():
         for p in model.parameters():
             p.mul_(2.0)
     prompts = [torch.randint(0, DECODE_CONFIG.vocab_size, (1, n)) for n in (3, 6, 9)]
+    with shape_checks(False):  # 270 generations: the checks would triple their time
+        _compare_with_greedy(model, prompts)
+
+
+def _compare_with_greedy(model, prompts):
     for letter, kwargs in GREEDY_CALLS.items():
         gives_greedy = letter in _SAME_AS_GREEDY
         same = []
