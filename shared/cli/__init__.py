@@ -20,6 +20,9 @@ PROG = "python -m shared"
 # stage -> what it does (the module shared.cli.<stage> runs it)
 STAGES: dict[str, str] = {
     "pretrain": "train a GPT or a Llama-style model on a text (chapter 7's loop; torchrun for several processes)",
+    "finetune": "fine-tune a classifier on a labelled task cut from the plays (chapter 11)",
+    "sft": "supervised fine-tuning on the plays' conversations, with chat tokens (chapter 12)",
+    "dpo": "preference tuning of an SFT checkpoint against a frozen copy of itself (chapter 12)",
 }
 
 
