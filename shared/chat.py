@@ -39,6 +39,8 @@ __all__ = [
     "chat",
     "chat_token_ids",
     "encode_chats",
+    "fixed_length_prompt",
+    "generate_replies",
     "grow_vocabulary",
     "render_chat",
     "with_chat_tokens",
@@ -215,6 +217,67 @@ def encode_chats(
         )
     fitted = (_fit(turns, tokenizer, max_tokens, trim_prompt) for turns in conversations)
     return [example for example in fitted if example is not None]
+
+
+def fixed_length_prompt(turns: Sequence[Turn], tokenizer: BPETokenizer, n_tokens: int) -> list[int] | None:
+    """The prompt of :func:`render_chat` cut to exactly ``n_tokens``, or ``None`` if it is shorter.
+
+    The cut drops the oldest tokens of the *text* of the first turn (never a header, so the template
+    stays whole: ``<|turn|>NAME:\n``, the speech's last tokens, ``<|endofturn|><|turn|>ASKED:\n``).
+    Prompts of one length can share a batch in generation with absolute positions: no padding, so
+    every token keeps the position it has alone (see :func:`generate_replies`).
+    """
+    if len(turns) < 2:
+        raise ValueError("fixed_length_prompt: give a turn to answer and at least one turn before it")
+    prompt, _ = render_chat(turns, tokenizer)
+    if len(prompt) < n_tokens:
+        return None
+    turn_id, _ = chat_token_ids(tokenizer)
+    header = 1 + len(tokenizer.encode_ordinary(f"{turns[0].speaker}:\n"))
+    text = len(tokenizer.encode_ordinary(turns[0].text))
+    cut = len(prompt) - n_tokens
+    if cut >= text:  # the first turn's text alone cannot absorb the cut
+        return None
+    return [turn_id, *prompt[1:header], *prompt[header + cut :]]
+
+
+def generate_replies(
+    model: GPTModel | LlamaModel,
+    tokenizer: BPETokenizer,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> list[Reply]:
+    """:func:`chat`'s replies for many rendered prompts at once: prompts of the same length share a batch
+    (with absolute positions, padding on the left would shift them), generation stops at
+    ``<|endofturn|>``. Replies come back in the order of ``prompts``; sampling draws from ``generator``."""
+    _, end_id = chat_token_ids(tokenizer)
+    if end_id >= model.config.vocab_size:
+        raise ValueError(
+            f"the model has {model.config.vocab_size} token ids but <|endofturn|> is id {end_id}: give it rows "
+            f"for the chat tokens with shared.chat.grow_vocabulary(model, tokenizer.vocab_size)"
+        )
+    too_long = [i for i, p in enumerate(prompts) if len(p) + max_new_tokens > model.config.context_length]
+    if too_long:
+        raise ValueError(
+            f"generate_replies: prompt {too_long[0]} ({len(prompts[too_long[0]])} tokens) plus {max_new_tokens} new "
+            f"tokens is longer than the model's context of {model.config.context_length}; use shorter prompts "
+            "(fixed_length_prompt) or fewer new tokens"
+        )
+    device = next(model.parameters()).device
+    replies: list[Reply | None] = [None] * len(prompts)
+    for length in sorted({len(p) for p in prompts}):
+        rows = [i for i, p in enumerate(prompts) if len(p) == length]
+        ids = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
+        out = generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, eos_id=end_id,
+                       generator=generator)
+        for i, new in zip(rows, out[:, length:].tolist(), strict=True):
+            ended = end_id in new
+            replies[i] = Reply(tokenizer.decode(new[: new.index(end_id)] if ended else new), ended)
+    return replies
 
 
 # -- chatting ----------------------------------------------------------------------------------

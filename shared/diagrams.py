@@ -1394,3 +1394,150 @@ def draw_sampler_shards(shares: Sequence[Sequence[int]], batch_size: int, steps:
         ax.text(1.6 + 0.75 * (r * per_rank + per_rank / 2) - 0.025, 0.2 + 0.62 * steps + 0.15, f"process {r}",
                 ha="center", va="bottom", fontsize=10.5, color=colours[r % len(colours)], fontweight="bold")
     return fig
+
+
+# -- chapter 12 --
+# The chat template with its loss mask, a DPO pair's log-probabilities before and after, and the
+# comparison of base, SFT and DPO models over seeds.
+
+_SPECIAL_SHOWN = {"<|turn|>": "TURN", "<|endofturn|>": "END"}  # the chat tokens, short enough for a cell
+_ROLE_FACE = {"prompt": _tint(SKY, 0.35), "response": _tint(ORANGE, 0.55), "pad": (1.0, 1.0, 1.0)}
+
+
+def draw_chat_template(rows: Sequence[Sequence[str]], roles: Sequence[Sequence[str]], *, max_chars: int = 7):
+    """A padded batch of rendered conversations, one row per conversation and one cell per token:
+    blue for prompt tokens (context: their targets do not count), orange for response tokens (the
+    loss counts them), white with hatching for right padding. ``rows[i]`` holds the token strings of
+    conversation ``i`` (padding included) and ``roles[i]`` the role of each: ``"prompt"``,
+    ``"response"`` or ``"pad"`` (from ``shared.sft.collate_instructions``'s mask). The chat tokens are
+    written TURN and END, in bold. Returns the Figure."""
+    if len(rows) != len(roles) or any(len(r) != len(o) for r, o in zip(rows, roles, strict=False)):
+        raise ValueError("draw_chat_template: give one role per token, for every row")
+    unknown = {role for row in roles for role in row} - set(_ROLE_FACE)
+    if unknown or not rows:
+        raise ValueError(f"draw_chat_template: roles must be 'prompt', 'response' or 'pad', got {sorted(unknown)}")
+    seq = max(len(r) for r in rows)
+    cell_w, cell_h = 0.62, 0.5
+    fig, ax = _canvas(0.5 + cell_w * seq + 0.2, 0.95 + cell_h * 1.25 * len(rows))
+    for i, (row, role_row) in enumerate(zip(rows, roles, strict=True)):
+        y = 0.75 + cell_h * 1.25 * (len(rows) - 1 - i)
+        ax.text(0.4, y + cell_h / 2, f"{i}", ha="right", va="center", fontsize=10, color=GREY)
+        for t, (token, role) in enumerate(zip(row, role_row, strict=True)):
+            x = 0.5 + cell_w * t
+            _rect(ax, x, y, cell_w * 0.94, cell_h, _ROLE_FACE[role], lw=0.6, hatch="///" if role == "pad" else None)
+            special = token.startswith("<|") and token.endswith("|>")
+            shown = "" if role == "pad" else _SPECIAL_SHOWN.get(token, _show_token(token))
+            shown = shown if len(shown) <= max_chars else shown[: max_chars - 1] + "…"
+            ax.text(x + cell_w * 0.47, y + cell_h / 2, shown, ha="center",
+                    va="center", fontsize=6.5, family=MONO, color=INK, rotation=90 if len(shown) > 3 else 0,
+                    fontweight="bold" if special else "normal")
+    for k, (label, role) in enumerate([("prompt (target not counted)", "prompt"),
+                                       ("response (counted in the loss)", "response"), ("padding", "pad")]):
+        x = 0.5 + k * 3.6
+        _rect(ax, x, 0.15, 0.35, 0.3, _ROLE_FACE[role], lw=0.6, hatch="///" if role == "pad" else None)
+        ax.text(x + 0.45, 0.3, label, ha="left", va="center", fontsize=9.5, color=INK)
+    return fig
+
+
+def draw_dpo_log_ratios(
+    before: tuple[torch.Tensor, torch.Tensor], after: tuple[torch.Tensor, torch.Tensor], *, pair: int = 0
+):
+    """What DPO changed, from the summed response log-probabilities of N preference pairs: ``before``
+    and ``after`` are ``(chosen, rejected)``, each of shape (N,), under the reference (the SFT model)
+    and under the DPO policy. Left: pair ``pair``'s log p(chosen) and log p(rejected), before and
+    after. Right: every pair's log-ratio (after - before) of the rejected response against the
+    chosen one's; points above the diagonal gained on the chosen side. Returns the Figure."""
+    shapes = {tuple(t.shape) for t in (*before, *after)}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ValueError(f"draw_dpo_log_ratios: four 1-D tensors of one length, got shapes {sorted(shapes)}")
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.0, 4.0))
+    values = [[float(before[0][pair]), float(after[0][pair])], [float(before[1][pair]), float(after[1][pair])]]
+    for k, (colour, (b, a)) in enumerate(zip([GREEN, VERMILLION], values,
+                                                       strict=True)):
+        left.bar([k - 0.18], [b], width=0.34, color=_tint(colour, 0.35), edgecolor=INK, label=None)
+        left.bar([k + 0.18], [a], width=0.34, color=colour, edgecolor=INK)
+        left.text(k - 0.18, b, f"{b:.1f}", ha="center", va="top", fontsize=9)
+        left.text(k + 0.18, a, f"{a:.1f}", ha="center", va="top", fontsize=9)
+    left.set_xticks([-0.18, 0.18, 0.82, 1.18], ["before", "after", "before", "after"], fontsize=9)
+    left.set_xlabel("chosen (the asked character's reply)            rejected (another's)", fontsize=9)
+    left.set_ylabel("log p(response | prompt), nats")
+    left.set_title(f"pair {pair}: before (reference) and after DPO", fontsize=10)
+    left.axhline(0, color=INK, lw=0.6)
+    chosen_ratio, rejected_ratio = after[0] - before[0], after[1] - before[1]
+    right.scatter(rejected_ratio.tolist(), chosen_ratio.tolist(), s=12, color=BLUE, alpha=0.7)
+    low = float(torch.cat([chosen_ratio, rejected_ratio]).min()) - 0.1
+    high = float(torch.cat([chosen_ratio, rejected_ratio]).max()) + 0.1
+    right.plot([low, high], [low, high], color=GREY, lw=0.8, ls="--")
+    right.axhline(0, color=INK, lw=0.5)
+    right.axvline(0, color=INK, lw=0.5)
+    right.scatter([float(rejected_ratio.mean())], [float(chosen_ratio.mean())], s=80, marker="X", color=VERMILLION,
+                  label="mean", zorder=3)
+    right.set_xlabel("log-ratio of the rejected reply (policy - reference)")
+    right.set_ylabel("log-ratio of the chosen reply")
+    right.set_title(f"all {len(chosen_ratio)} pairs: above the diagonal = chosen gained", fontsize=10)
+    right.legend(fontsize=9, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_tuning_results(results: dict[str, dict[str, Sequence[float]]], metrics: Sequence[str]):
+    """One panel per metric, one bar per model (e.g. base, SFT, DPO) at the mean over seeds, an error
+    bar of one standard deviation and a dot per seed. ``results[model][metric]`` lists the seeds'
+    values. Returns the Figure."""
+    models = list(results)
+    if not models or any(len(results[m].get(k, [])) < 1 for m in models for k in metrics):
+        raise ValueError(f"plot_tuning_results: every model needs at least one value of each metric {list(metrics)}")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
+    colours = [GREY, BLUE, VERMILLION, GREEN, PURPLE]
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for k, model in enumerate(models):
+            values = torch.tensor([float(v) for v in results[model][metric]], dtype=torch.float64)
+            std = float(values.std()) if len(values) > 1 else 0.0
+            ax.bar([k], [float(values.mean())], yerr=[std], capsize=4, color=_tint(colours[k % 5], 0.45),
+                   edgecolor=INK)
+            ax.scatter([k] * len(values), values.tolist(), color=INK, s=10, zorder=3)
+        ax.set_xticks(range(len(models)), models)
+        ax.set_title(metric, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# -- chapter 11 --
+# LoRA's low-rank update beside the frozen weight it adapts, drawn from a real LoRALinear.
+
+
+def draw_lora(layer, max_rows: int = 48, max_cols: int = 48):
+    """A :class:`shared.lora.LoRALinear` as four heat maps of its real numbers: the frozen weight W
+    (out × in), B (out × rank), A (rank × in) and the update ``scaling · B A`` (out × in, rank at
+    most ``rank``), each titled with its shape and how many numbers it holds. Large matrices show
+    their top-left ``max_rows`` × ``max_cols`` corner (said in the title). Returns the Figure."""
+    from shared.lora import LoRALinear
+
+    if not isinstance(layer, LoRALinear):
+        raise TypeError(f"draw_lora takes a shared.lora.LoRALinear, got a {type(layer).__name__}; "
+                        "wrap a layer with apply_lora or LoRALinear(linear, rank, alpha) first")
+    if layer.merged:
+        raise ValueError("draw_lora: this layer is merged, so its W already holds the update; unmerge it first")
+    plt = _pyplot()
+    with torch.no_grad():
+        w, b, a = (t.detach().float().cpu() for t in (layer.base.weight, layer.lora_B, layer.lora_A))
+        delta = layer.delta_weight().detach().float().cpu()
+    rows, cols = min(w.shape[0], max_rows), min(w.shape[1], max_cols)
+    panels = [("W, frozen", w[:rows, :cols], w.shape), ("B, trains", b[:rows], b.shape),
+              ("A, trains", a[:, :cols], a.shape), (f"update = {layer.scaling:g} · B A", delta[:rows, :cols], delta.shape)]
+    fig, axes = plt.subplots(1, 4, figsize=(12.5, 3.9), width_ratios=[cols, max(b.shape[1], 4), cols, cols])
+    for ax, (title, values, shape) in zip(axes, panels, strict=True):
+        limit = float(values.abs().max()) or 1.0
+        ax.imshow(values.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
+        cut = " (corner)" if tuple(values.shape) != tuple(shape) else ""
+        ax.set_title(f"{title}\n{shape[0]} × {shape[1]} = {shape[0] * shape[1]:,}{cut}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    trained = layer.rank * (layer.in_features + layer.out_features)
+    fig.suptitle(f"LoRA on a {layer.out_features} × {layer.in_features} layer: W stays, rank {layer.rank} trains "
+                 f"{trained:,} numbers instead of {layer.out_features * layer.in_features:,} "
+                 f"({trained / (layer.out_features * layer.in_features):.1%})", fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -72,6 +72,7 @@ class Judge:
     class_names: tuple[str, ...]
     target: dict[str, int]
     pad_id: int
+    max_tokens: int
 
     def knows(self, character: str) -> bool:
         """Whether the judge can score replies asked of ``character``."""
@@ -81,10 +82,10 @@ class Judge:
     def probabilities(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """The judge's class probabilities for each text, ``(len(texts), n_classes)`` on the CPU.
 
-        Each text is cropped to the classifier's context; an empty text (a model that ends its turn
-        at once) gets a single space, so that it is scored rather than refused."""
-        context = self.classifier.context_length
-        ids = encode_texts(self.tokenizer.encode_ordinary, [t if t.strip() else " " for t in texts], context, crop=True)
+        Each text is cropped to its first ``max_tokens`` tokens (as in training); an empty text (a
+        model that ends its turn at once) gets a single space, so that it is scored rather than refused."""
+        texts = [t if t.strip() else " " for t in texts]
+        ids = encode_texts(self.tokenizer.encode_ordinary, texts, self.max_tokens, crop=True)
         device = self.classifier.head.weight.device
         out = []
         with eval_mode(self.classifier):
@@ -150,6 +151,7 @@ def train_judge(
     batch_size: int = 32,
     lr: float = 1e-3,
     pooling: str = "last",
+    max_tokens: int | None = None,
     seed: int = 0,
     corpus: str | None = None,
 ) -> Judge:
@@ -159,6 +161,8 @@ def train_judge(
     ``torch.manual_seed(seed)`` before the head is made and ``seed`` for the batches: the same
     arguments give the same judge. ``who_speaks`` uses the ``n_characters`` characters with the most
     of those speeches (ties by name); ``which_play`` uses every speech, labelled with its play.
+    Each speech is cropped to its first ``max_tokens`` tokens (default: the model's context); give
+    the length of the replies it will score, so that it learns from texts like them.
     """
     if kind not in JUDGE_KINDS:
         raise ValueError(f"train_judge: unknown kind {kind!r}; choose one of {list(JUDGE_KINDS)}")
@@ -175,11 +179,12 @@ def train_judge(
         class_names = PLAYS
         target = {s.speaker: PLAYS.index(play_of(s, corpus)) for s in held_out_speeches(corpus)}
         labelled = [(s.text, PLAYS.index(play_of(s, corpus))) for s in speeches]
-    ids = encode_texts(tokenizer.encode_ordinary, [text for text, _ in labelled], base_model.context_length, crop=True)
+    max_tokens = base_model.context_length if max_tokens is None else min(max_tokens, base_model.context_length)
+    ids = encode_texts(tokenizer.encode_ordinary, [text for text, _ in labelled], max_tokens, crop=True)
     examples = [(token_ids, label) for token_ids, (_, label) in zip(ids, labelled, strict=True)]
     torch.manual_seed(seed)
     device = next(base_model.parameters()).device
     classifier = SequenceClassifier(copy.deepcopy(base_model), len(class_names), pooling=pooling).to(device)
     pad_id = 0
     train_classifier(classifier, examples, steps, pad_id, batch_size=batch_size, lr=lr, seed=seed)
-    return Judge(classifier.eval(), tokenizer, kind, class_names, target, pad_id)
+    return Judge(classifier.eval(), tokenizer, kind, class_names, target, pad_id, max_tokens)

@@ -15,6 +15,8 @@ from shared.chat import (
     chat,
     chat_token_ids,
     encode_chats,
+    fixed_length_prompt,
+    generate_replies,
     grow_vocabulary,
     render_chat,
     with_chat_tokens,
@@ -299,3 +301,33 @@ def test_chat_samples_reproducibly_with_a_seeded_generator(chat_bpe):
         for seed in (3, 3, 4)
     ]
     assert replies[0] == replies[1] != replies[2]
+
+
+# -- prompts of one length, generated together -------------------------------------------------
+
+
+def test_fixed_length_prompts_cut_only_the_first_speech_and_generate_as_one_at_a_time(chat_bpe, split):
+    turn_id, end_id = chat_token_ids(chat_bpe)
+    conversations = split.heldout[:30]
+    prompts = [p for c in conversations if (p := fixed_length_prompt(c.turns, chat_bpe, 24)) is not None]
+    assert len(prompts) > 20 and {len(p) for p in prompts} == {24}
+    for c in conversations:
+        cut = fixed_length_prompt(c.turns, chat_bpe, 24)
+        full, _ = render_chat(c.turns, chat_bpe)
+        if cut is None:
+            continue
+        header = [turn_id, *chat_bpe.encode_ordinary(f"{c.prompt.speaker}:\n")]
+        assert cut[: len(header)] == header and full[-(24 - len(header)):] == cut[len(header):]  # the speech's end
+        assert cut[-1 - len(chat_bpe.encode_ordinary(f"{c.reply.speaker}:\n")) :][0] == turn_id
+    assert fixed_length_prompt(conversations[0].turns, chat_bpe, 10_000) is None
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(vocab_size=chat_bpe.vocab_size, context_length=36, emb_dim=16, n_heads=2,
+                               n_layers=1)).eval()
+    mixed = [*prompts[:4], prompts[4][3:]]  # two lengths: two batches
+    replies = generate_replies(model, chat_bpe, mixed, 8)
+    for prompt, reply in zip(mixed, replies, strict=True):
+        out = generate(model, torch.tensor([prompt]), 8, eos_id=end_id)[0, len(prompt):].tolist()
+        ended = end_id in out
+        assert reply == Reply(chat_bpe.decode(out[: out.index(end_id)] if ended else out), ended)
+    with pytest.raises(ValueError, match="longer than the model's context of 36"):
+        generate_replies(model, chat_bpe, prompts[:1], 20)
