@@ -154,15 +154,30 @@ def test_every_chapter_has_a_solutions_notebook_that_passes_every_check(chapter)
     assert check_outputs(solutions) == dict.fromkeys(numbers, "passed")
 
 
+def _hint_cases(module) -> list[tuple]:
+    """The (number, answer, hint) cases of a chapter's ``test_the_hint_names_the_mistake``."""
+    marks = getattr(module.test_the_hint_names_the_mistake, "pytestmark", [])
+    return [tuple(case) for mark in marks if mark.name == "parametrize" for case in mark.args[1]]
+
+
 def test_every_checker_rejects_a_plausible_wrong_answer():
     wrong: dict[str, list] = {}
+    checked_elsewhere: set[str] = set()
     for path in sorted((ROOT / "tests").glob("test_exercises_ch*.py")):
         module = importlib.import_module(f"tests.{path.stem}")
         wrong |= module.WRONG_ANSWERS
+        # A chapter whose checks are slow (10.1 starts processes) tests every wrong answer of those
+        # exercises itself, with its hint: its hint test must name each of them.
+        for number in getattr(module, "WRONG_ANSWERS_CHECKED_HERE", set()):
+            hinted = {answer for n, answer, _ in _hint_cases(module) if n == number}
+            assert all(answer in hinted for answer in module.WRONG_ANSWERS[number]), (
+                f"{path.name} claims to test every wrong answer of {number}, but its hint test misses some"
+            )
+            checked_elsewhere.add(number)
     numbers = [n for n in registered() if not n.startswith("0.")]
     missing = [n for n in numbers if not wrong.get(n)]
     assert not missing, f"no wrong answers tested for exercises {missing}"
-    for number in numbers:
+    for number in sorted(set(numbers) - checked_elsewhere):
         for answer in wrong[number]:
             result = check(number, answer, quiet=True)
             assert result.status == "not yet", f"exercise {number} accepted a wrong answer: {result}"

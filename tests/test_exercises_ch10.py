@@ -128,6 +128,10 @@ def shard_overlapping(order, batch_size, rank, world_size):
     return mine
 
 
+# Every wrong answer of 10.1 (each check starts two processes) is tested, with its hint, by
+# test_the_hint_names_the_mistake below; tests/test_exercises.py skips these numbers (and checks this claim).
+WRONG_ANSWERS_CHECKED_HERE = {"10.1"}
+
 WRONG_ANSWERS: dict[str, list] = {
     "10.1": [summed_gradients, first_parameter_only, with_the_courses_mean],
     "10.2": [combine_plain_mean, combine_sum, combine_inverse_weights],
@@ -147,6 +151,7 @@ def test_the_right_answer_passes(number, answer):
 
 @pytest.mark.parametrize(("number", "answer", "hint"), [
     ("10.1", summed_gradients, "the sum of the two processes' gradients"),
+    ("10.1", first_parameter_only, "all-reduce the gradient of every parameter"),
     ("10.1", with_the_courses_mean, "That is the course's own all_reduce_mean"),
     ("10.2", combine_plain_mean, "plain mean"),
     ("10.3", accumulate_unscaled, "4 times too large"),
