@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "history.json").write_text(json.dumps(record, indent=1))
     save_model(args.out / "classifier.pt", merged(classifier.body), tokenizer, head=classifier.head.state_dict(),
-               pooling=args.pooling, class_names=list(task.class_names), task=task.name, accuracy=held_out)
+               stage="finetune", pooling=args.pooling, class_names=list(task.class_names), task=task.name,
+               accuracy=held_out)
     print(f"held-out accuracy {held_out:.3f} (majority baseline {task.majority_baseline:.3f}) after {args.steps} "
           f"steps in {seconds:.1f} s | wrote {args.out}/history.json, classifier.pt")
     return 0

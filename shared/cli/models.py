@@ -86,7 +86,8 @@ def read_model(path: str | Path, drop_rate: float | None = None) -> tuple[Start,
     """The model saved in a checkpoint (on the CPU, in eval mode) with its tokenizer, and the checkpoint.
 
     ``drop_rate`` replaces the saved config's dropout (it changes no weight). A checkpoint of anything
-    but a GPTModel or LlamaModel (a classifier's, say) or without its tokenizer's vocabulary is an error.
+    but a GPTModel or LlamaModel, or whose tokenizer does not match its vocabulary, is an error. (A
+    ``finetune`` classifier's body loads too: it is a whole language model, tuned for its task.)
     """
     path = Path(path)
     if not path.is_file():
