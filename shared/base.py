@@ -44,6 +44,7 @@ __all__ = [
     "Base",
     "BaseSource",
     "chapter7_is_complete",
+    "chapter7_lock",
     "load_base",
     "pretrain_chapter7",
 ]
@@ -111,6 +112,14 @@ def _exclusive(lock: Path, wait_s: float = _WAIT_S):
         lock.unlink(missing_ok=True)
 
 
+def chapter7_lock(setting: Setting, path: Path | None = None):
+    """A context manager held while chapter 7's checkpoint for ``setting`` is trained outside chapter 7
+    (by :func:`load_base` or ``python -m shared pretrain --chapter7``): a second process waits for it
+    (a lock file beside the checkpoint; one left by a killed process is taken over after 10 minutes)."""
+    path = setting.checkpoint_path() if path is None else Path(path)
+    return _exclusive(path.with_name(path.name + ".lock"))
+
+
 def pretrain_chapter7(
     setting: Setting, device: torch.device | str | None = None, *, path: Path | None = None, progress: bool = False
 ) -> tuple[GPTModel, History]:
@@ -146,7 +155,7 @@ def _chapter7(setting: Setting, device: torch.device, train_if_missing: bool, pa
                 f"{path} is missing or unfinished: run chapter 7 with the {setting.name} setting, or "
                 f"`python -m shared pretrain --chapter7 --setting {setting.name}`"
             )
-        with _exclusive(path.with_name(path.name + ".lock")):
+        with chapter7_lock(setting, path):
             # Another process may have finished it while we waited; chapter 7's notebook may be writing it.
             while path.exists() and not chapter7_is_complete(setting, path) and _age_s(path) < _STALE_S:
                 time.sleep(2.0)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from shared.base import chapter7_is_complete, pretrain_chapter7
+from shared.base import chapter7_is_complete, chapter7_lock, pretrain_chapter7
 from shared.cli.args import non_negative_float, non_negative_int, positive_float, positive_int, rate
 from shared.cli.models import fail, read_model, record_tokenizer
 from shared.corpus import read_text_file, text_bpe, tiny_shakespeare
@@ -253,8 +253,12 @@ def _chapter7(args: argparse.Namespace, setting: Setting, device: torch.device) 
         if not args.quiet:
             print(f"training chapter 7's model for the {setting.name} setting ({setting.run.max_steps} steps) "
                   f"into {path}", flush=True)
-        with shape_checks(False):
-            model, history = pretrain_chapter7(setting, device, path=path, progress=not args.quiet)
+        with chapter7_lock(setting, path), shape_checks(False):  # a notebook training it meanwhile waits
+            if chapter7_is_complete(setting, path):  # another process finished it while this one waited
+                start, state = read_model(path)
+                model, history = start.model.to(device), History(**state["history"])
+            else:
+                model, history = pretrain_chapter7(setting, device, path=path, progress=not args.quiet)
         seconds = time.perf_counter() - started
     _, val_text = train_val_split(tiny_shakespeare())
     extra = {"processes": 1, "tokens_per_step": setting.batch_size * setting.gpt.context_length,
