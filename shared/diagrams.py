@@ -1481,10 +1481,15 @@ def draw_dpo_log_ratios(
     return fig
 
 
-def plot_tuning_results(results: dict[str, dict[str, Sequence[float]]], metrics: Sequence[str]):
+def plot_tuning_results(
+    results: dict[str, dict[str, Sequence[float]]],
+    metrics: Sequence[str],
+    references: dict[str, dict[str, float]] | None = None,
+):
     """One panel per metric, one bar per model (e.g. base, SFT, DPO) at the mean over seeds, an error
     bar of one standard deviation and a dot per seed. ``results[model][metric]`` lists the seeds'
-    values. Returns the Figure."""
+    values; ``references[metric]`` maps labels to levels drawn as dashed lines across that panel (a
+    judge's ceiling, a chance level). Returns the Figure."""
     models = list(results)
     if not models or any(len(results[m].get(k, [])) < 1 for m in models for k in metrics):
         raise ValueError(f"plot_tuning_results: every model needs at least one value of each metric {list(metrics)}")
@@ -1498,6 +1503,10 @@ def plot_tuning_results(results: dict[str, dict[str, Sequence[float]]], metrics:
             ax.bar([k], [float(values.mean())], yerr=[std], capsize=4, color=_tint(colours[k % 5], 0.45),
                    edgecolor=INK)
             ax.scatter([k] * len(values), values.tolist(), color=INK, s=10, zorder=3)
+        for j, (label, level) in enumerate((references or {}).get(metric, {}).items()):
+            ax.axhline(level, color=[INK, GREY, PURPLE][j % 3], lw=1.0, ls=["--", ":", "-."][j % 3], label=label)
+        if (references or {}).get(metric):
+            ax.legend(fontsize=8, loc="lower right")
         ax.set_xticks(range(len(models)), models)
         ax.set_title(metric, fontsize=10)
     fig.tight_layout()

@@ -54,5 +54,8 @@ def test_the_comparison_shows_means_and_one_dot_per_seed():
     dots = [c for c in first.collections if type(c).__name__ == "PathCollection"]
     assert sum(len(c.get_offsets()) for c in dots) == 4
     assert [t.get_text() for t in first.get_xticklabels()] == ["base", "SFT"]
+    fig = diagrams.plot_tuning_results(results, ["a", "b"], references={"a": {"ceiling": 0.9, "chance": 0.25}})
+    levels = {line.get_label(): line.get_ydata()[0] for line in fig.axes[0].get_lines() if line.get_label()[0] != "_"}
+    assert levels == {"ceiling": 0.9, "chance": 0.25} and not fig.axes[1].get_legend()
     with pytest.raises(ValueError, match="at least one value"):
         diagrams.plot_tuning_results({"base": {"a": []}}, ["a"])
