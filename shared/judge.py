@@ -13,7 +13,8 @@ fixed seed on speeches of the plays' held-out 10% that no evaluation uses:
 The judge reads only a reply's text, re-encoded with the base tokenizer (the chat tokens play no
 part), so it scores every model the same way. It is a measuring instrument with its own error: its
 accuracy on the real held-out replies (:meth:`Judge.accuracy`) is the ceiling of what a perfect
-imitator would score, and the chance level is what a model that ignores the asked character scores.
+imitator would score; its rate on real replies given to other prompts (:meth:`Judge.mismatched`) is what
+a fluent model that ignores the asked character would score.
 """
 
 import copy
@@ -129,15 +130,16 @@ class Judge:
         hits = self.in_character([c.reply.text for c in known], [c.reply.speaker for c in known])
         return sum(hits) / len(hits)
 
-    def chance(self, conversations: Sequence[Conversation]) -> float:
-        """A chance level: the in-character rate if the judge's verdicts did not depend on the reply and
-        fell in each class as often as the asked classes occur in ``conversations`` (the sum of the
-        squared shares of the asked classes)."""
+    def mismatched(self, conversations: Sequence[Conversation]) -> float:
+        """The in-character rate of the real replies of ``conversations`` (those it can score), each given to
+        the *next* conversation's prompt instead of its own: fluent replies that ignore the asked character.
+        :meth:`accuracy` minus this is how well the judge tells a fitting reply from another one."""
         known = [c for c in conversations if self.knows(c.reply.speaker)]
-        if not known:
-            raise ValueError("chance: none of these conversations is answered by a character the judge knows")
-        targets = Counter(self.target[c.reply.speaker] for c in known)
-        return sum((n / len(known)) ** 2 for n in targets.values())
+        if len(known) < 2:
+            raise ValueError("mismatched: need two or more conversations answered by characters the judge knows")
+        replies = [c.reply.text for c in known]
+        hits = self.in_character(replies[1:] + replies[:1], [c.reply.speaker for c in known])
+        return sum(hits) / len(hits)
 
 
 def train_judge(

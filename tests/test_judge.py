@@ -66,7 +66,9 @@ def test_a_judge_is_deterministic_and_scores_by_its_top_class(split, tokenizer, 
     assert judge.in_character(replies, characters) == [int(probs[i].argmax()) == t for i, t in enumerate(targets)]
     assert judge.scores(replies, characters) == pytest.approx([probs[i, t].item() for i, t in enumerate(targets)])
     assert judge.accuracy(known) == pytest.approx(sum(judge.in_character(replies, characters)) / len(known))
-    assert judge.in_character(["", "a"], characters[:2]) is not None  # an empty reply is scored, not refused
+    rotated = replies[1:] + replies[:1]
+    assert judge.mismatched(known) == pytest.approx(sum(judge.in_character(rotated, characters)) / len(known))
+    assert len(judge.in_character(["", "a"], characters[:2])) == 2  # an empty reply is scored, not refused
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())  # the judge trained a copy
     if kind == "who_speaks":
         assert len(judge.class_names) == 3 and set(judge.target) == set(judge.class_names)
