@@ -1535,13 +1535,14 @@ def draw_lora(layer, max_rows: int = 48, max_cols: int = 48):
         delta = layer.delta_weight().detach().float().cpu()
     rows, cols = min(w.shape[0], max_rows), min(w.shape[1], max_cols)
     panels = [("W, frozen", w[:rows, :cols], w.shape), ("B, trains", b[:rows], b.shape),
-              ("A, trains", a[:, :cols], a.shape), (f"update = {layer.scaling:g} · B A", delta[:rows, :cols], delta.shape)]
-    fig, axes = plt.subplots(1, 4, figsize=(12.5, 3.9), width_ratios=[cols, max(b.shape[1], 4), cols, cols])
+              ("A, trains", a[:, :cols], a.shape),
+              (f"update = {layer.scaling:g} · B A", delta[:rows, :cols], delta.shape)]
+    fig, axes = plt.subplots(1, 4, figsize=(12.5, 3.9), width_ratios=[cols, max(b.shape[1], 10), cols, cols])
     for ax, (title, values, shape) in zip(axes, panels, strict=True):
         limit = float(values.abs().max()) or 1.0
         ax.imshow(values.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
         cut = " (corner)" if tuple(values.shape) != tuple(shape) else ""
-        ax.set_title(f"{title}\n{shape[0]} × {shape[1]} = {shape[0] * shape[1]:,}{cut}", fontsize=10)
+        ax.set_title(f"{title}\n{shape[0]} × {shape[1]}\n= {shape[0] * shape[1]:,}{cut}", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     trained = layer.rank * (layer.in_features + layer.out_features)

@@ -7,7 +7,14 @@ from torch import Tensor
 
 from shared.train import History, TrainConfig, lr_at
 
-__all__ = ["plot_attention", "plot_attention_grid", "plot_losses", "plot_steps"]
+__all__ = [
+    "plot_accuracy_bars",
+    "plot_accuracy_vs_labels",
+    "plot_attention",
+    "plot_attention_grid",
+    "plot_losses",
+    "plot_steps",
+]
 
 
 def _pyplot():
@@ -126,4 +133,59 @@ def plot_steps(history: History, config: TrainConfig | None = None, ax=None, smo
     ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(labels), fontsize="small",
               frameon=False)
     ax.figure.tight_layout()
+    return ax
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of a few runs' scores."""
+    if not values:
+        raise ValueError("got no values: every entry needs at least one run's score")
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, var**0.5
+
+
+def plot_accuracy_bars(results: dict[str, Sequence[float]], baseline: float | None = None, ax=None,
+                       ylabel: str = "test accuracy", baseline_label: str = "majority class"):
+    """One bar per method at the mean of its runs (``results[method]`` lists one score per seed), an
+    error bar of one standard deviation, a dot per run, and ``baseline`` as a dashed line. Each bar is
+    labelled with its mean and spread. Returns the axes."""
+    ax = ax or _pyplot().subplots(figsize=(8, 4))[1]
+    for k, values in enumerate(results.values()):
+        mean, std = _mean_std(list(values))
+        ax.bar([k], [mean], yerr=[std], capsize=5, color="tab:blue", alpha=0.35 + 0.1 * (k % 2), edgecolor="black")
+        ax.scatter([k] * len(values), list(values), color="black", s=12, zorder=3)
+        ax.text(k, mean + std + 0.01, f"{mean:.2f} ± {std:.2f}", ha="center", va="bottom", fontsize=9)
+    if baseline is not None:
+        ax.axhline(baseline, color="tab:red", linestyle="--", linewidth=1.2, label=f"{baseline_label} ({baseline:.2f})")
+        ax.legend(loc="lower right", fontsize=9)
+    ax.set_xticks(range(len(results)), list(results), fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.08)
+    ax.grid(alpha=0.3, axis="y")
+    return ax
+
+
+def plot_accuracy_vs_labels(curves: dict[str, dict[int, Sequence[float]]], baseline: float | None = None, ax=None,
+                            ylabel: str = "test accuracy"):
+    """Score against the number of labelled examples, one line per method: ``curves[method][n]`` lists
+    one score per seed for ``n`` labels; each point is the mean with an error bar of one standard
+    deviation, on a logarithmic x axis. ``baseline`` is drawn dashed. Returns the axes."""
+    ax = ax or _pyplot().subplots(figsize=(7, 4))[1]
+    for k, (method, points) in enumerate(curves.items()):
+        ns = sorted(points)
+        stats = [_mean_std(list(points[n])) for n in ns]
+        shift = 1 + 0.03 * (k - (len(curves) - 1) / 2)  # side by side, so the error bars do not hide each other
+        ax.errorbar([n * shift for n in ns], [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
+                    capsize=4, label=method)
+    if baseline is not None:
+        ax.axhline(baseline, color="tab:red", linestyle="--", linewidth=1.2, label=f"majority class ({baseline:.2f})")
+    ns = sorted({n for points in curves.values() for n in points})
+    ax.set_xscale("log")
+    ax.set_xticks(ns, [f"{n:,}" for n in ns])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training examples")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
     return ax
