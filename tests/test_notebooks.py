@@ -26,6 +26,7 @@ CHAPTERS = [
     "08_generation",
     "09_llama",
     "10_scaling_out",
+    "11_finetuning",
     "12_instruction_tuning",
 ]
 
