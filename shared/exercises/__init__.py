@@ -43,6 +43,7 @@ __all__ = [
     "rounded",
     "run_answer",
     "seeded",
+    "true_statements",
 ]
 
 _CHAPTER_MODULES = ["ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07", "ch08", "ch09", "ch10", "ch11", "ch12"]
@@ -129,6 +130,24 @@ def expect(condition: bool, hint: str) -> None:
 
 
 # -- tools for checkers --------------------------------------------------------------------------
+
+
+def true_statements(answer: object, statements: dict[str, str], true: set[str], why: dict[str, str]) -> None:
+    """A true-or-false checker's test: ``answer`` is the set of letters the learner thinks true.
+
+    A wrong set gets how many verdicts are wrong and, for every statement, what to think about
+    (``why``, written so that it does not say which way it goes): naming only the wrong letters
+    would give their answers away, since each is a yes or a no.
+    """
+    expect(isinstance(answer, (set, frozenset, list, tuple, str)),
+           f"Give the letters of the true statements as a set, e.g. {{'a', 'b'}}; got {type(answer).__name__}.")
+    letters = {str(v).strip().lower() for v in ([answer] if isinstance(answer, str) else answer)}
+    unknown = sorted(letters - set(statements))
+    expect(not unknown, f"{unknown} are not statements: the letters are {sorted(statements)}.")
+    if letters != true:
+        wrong = len(letters ^ true)
+        raise NotYet(f"{wrong} of your {len(statements)} verdicts are not right yet. For each statement, think "
+                     "again about: " + "; ".join(f"{k}: {why[k]}" for k in sorted(statements)) + ".")
 
 
 @contextmanager

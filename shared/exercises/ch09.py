@@ -16,7 +16,17 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from shared.attention import repeat_kv
-from shared.exercises import NotYet, as_number, describe, exercise, expect, own_work, run_answer, seeded
+from shared.exercises import (
+    NotYet,
+    as_number,
+    describe,
+    exercise,
+    expect,
+    own_work,
+    run_answer,
+    seeded,
+    true_statements,
+)
 from shared.llama import (
     LlamaAttention,
     LlamaConfig,
@@ -294,15 +304,7 @@ _WHY = {  # what to think about, per statement, without saying which way it goes
 
 @exercise("9.4", "True or false: the Llama's parts", level=1, minutes=5)
 def check_statements(answer) -> str:
-    expect(isinstance(answer, (set, frozenset, list, tuple, str)),
-           f"Give the letters of the true statements as a set, e.g. {{'a', 'b'}}; got {type(answer).__name__}.")
-    letters = {str(v).strip().lower() for v in ([answer] if isinstance(answer, str) else answer)}
-    unknown = sorted(letters - set(STATEMENTS))
-    expect(not unknown, f"{unknown} are not statements: the letters are {sorted(STATEMENTS)}.")
-    wrong = sorted(letters ^ _TRUE)
-    if wrong:
-        raise NotYet(f"{len(wrong)} of your {len(STATEMENTS)} verdicts are not right yet. For each statement, think "
-                     "again about: " + "; ".join(f"{k}: {_WHY[k]}" for k in sorted(STATEMENTS)) + ".")
+    true_statements(answer, STATEMENTS, _TRUE, _WHY)
     return ("a, d and f are true. b: RoPE's angles are computed, not learned; c: rotated values carry absolute "
             "positions into the output; e: GQA keeps every query head and shares fewer key/value heads.")
 
