@@ -9,7 +9,8 @@ which is how the tests prove it.
 Two tasks (measured in the course's notes; pretraining shows clearly only in the second):
 
 - :func:`who_speaks_task`: which of the ``n_characters`` most frequent characters speaks a speech;
-- :func:`real_or_shuffled_task`: a real speech (1) or the same speech with its words shuffled (0).
+- :func:`real_or_shuffled_task`: a real speech (1) or the same speech with its plain words shuffled (0):
+  capitalised and punctuated words stay in place, so only word order tells the classes apart.
 
 Examples are split by speech, never inside one, deterministically for a seed; the lists come in a
 random order, so any prefix (``task.train[:50]``) is a random sample.
@@ -28,6 +29,7 @@ __all__ = [
     "Example",
     "LabelledTask",
     "Speech",
+    "can_shuffle",
     "held_out_speeches",
     "parse_speeches",
     "real_or_shuffled_task",
@@ -117,23 +119,51 @@ def held_out_speeches(corpus: str | None = None, val_fraction: float = 0.1) -> l
     return [speech for speech in parse_speeches(corpus) if speech.start >= len(train_text)]
 
 
-def shuffle_words(text: str, rng: random.Random) -> str:
-    """The words of ``text`` in a random order, poured back into lines of the same word counts (so
-    line breaks give nothing away). Punctuation moves with its word. The result always differs from
-    ``text``; a text with fewer than two different words cannot be shuffled and is an error."""
+def _is_plain(word: str) -> bool:
+    """A plain word: lowercase letters only (no capital, no punctuation), such as ``the``."""
+    return re.fullmatch(r"[a-z]+", word) is not None
+
+
+def _movable(lines: list[list[str]]) -> list[tuple[int, int]]:
+    """(line, word) positions a shuffle may move: the plain words, except each line's first word and
+    the text's last word (so the first and last characters of every line and of the text stay)."""
+    last = (len(lines) - 1, len(lines[-1]) - 1)
+    return [
+        (i, j)
+        for i, line in enumerate(lines)
+        for j, word in enumerate(line)
+        if j > 0 and (i, j) != last and _is_plain(word)
+    ]
+
+
+def can_shuffle(text: str) -> bool:
+    """Whether :func:`shuffle_words` can shuffle ``text``: it has at least two different movable plain words."""
     lines = [line.split() for line in text.split("\n")]
-    words = [word for line in lines for word in line]
+    return len({lines[i][j] for i, j in _movable(lines)}) >= 2
+
+
+def shuffle_words(text: str, rng: random.Random) -> str:
+    """``text`` with its plain words (lowercase letters only, such as ``the``) shuffled among their own
+    positions. Every other word keeps its place: a capitalised word (``Romeo``, ``I``), a word carrying
+    punctuation (``sir,``), each line's first word and the text's last word; so do the line breaks.
+    Capitals, punctuation and line lengths therefore give nothing away: only the order of the plain
+    words tells a shuffle from the real text. The result always differs from ``text``; a text with
+    fewer than two different movable plain words (:func:`can_shuffle`) cannot be shuffled and is an error."""
+    lines = [line.split() for line in text.split("\n")]
+    positions = _movable(lines)
+    words = [lines[i][j] for i, j in positions]
     if len(set(words)) < 2:
-        raise ValueError(f"shuffle_words: {text!r} has fewer than two different words, so no shuffle differs from it")
+        raise ValueError(
+            f"shuffle_words: {text!r} has fewer than two different plain words (lowercase letters only) that "
+            "may move, so no shuffle differs from it; check can_shuffle(text) first"
+        )
     shuffled = words.copy()
     rng.shuffle(shuffled)
     if shuffled == words:  # a rotation by one differs from any sequence with two different elements
         shuffled = shuffled[1:] + shuffled[:1]
-    out, i = [], 0
-    for line in lines:
-        out.append(" ".join(shuffled[i : i + len(line)]))
-        i += len(line)
-    return "\n".join(out)
+    for (i, j), word in zip(positions, shuffled, strict=True):
+        lines[i][j] = word
+    return "\n".join(" ".join(line) for line in lines)
 
 
 def _split(items: Sequence, test_fraction: float, rng: random.Random) -> tuple[list, list]:
@@ -191,14 +221,16 @@ def who_speaks_task(
 
 
 def real_or_shuffled_task(seed: int = 0, test_fraction: float = 0.3, corpus: str | None = None) -> LabelledTask:
-    """Real speech (label 1) or the same speech with its words shuffled (label 0, :func:`shuffle_words`).
+    """Real speech (label 1) or the same speech with its plain words shuffled (label 0, :func:`shuffle_words`).
 
-    Every held-out speech with at least two different words gives one example of each class, so the
-    classes are balanced. The split is by speech: a speech and its shuffle are on the same side. The
-    lists hold each real speech next to its shuffle, so any even-length prefix is balanced too.
+    Capitalised words, punctuated words and line breaks stay in place, so surface rules (starts with a
+    capital, ends with punctuation) score about 50%. Every held-out speech that :func:`can_shuffle`
+    gives one example of each class, so the classes are balanced. The split is by speech: a speech and
+    its shuffle are on the same side. The lists hold each real speech next to its shuffle, so any
+    even-length prefix is balanced too.
     """
     _check_fraction(test_fraction)
-    speeches = [s for s in held_out_speeches(corpus) if len(set(s.text.split())) >= 2]
+    speeches = [s for s in held_out_speeches(corpus) if can_shuffle(s.text)]
     rng = random.Random(seed)
     train_speeches, test_speeches = _split(speeches, test_fraction, rng)
 

@@ -13,6 +13,7 @@ from shared.tasks import (
     Example,
     LabelledTask,
     Speech,
+    can_shuffle,
     held_out_speeches,
     parse_speeches,
     real_or_shuffled_task,
@@ -95,6 +96,10 @@ def test_real_or_shuffled_is_balanced_and_splits_by_speech(tasks):
         for real, fake in zip(examples[::2], examples[1::2], strict=True):
             assert (real.label, fake.label) == (1, 0) and real.start == fake.start
             assert fake.text != real.text and sorted(fake.text.split()) == sorted(real.text.split())
+            # No surface cue: the first and last characters and every line's first character are the same.
+            assert (fake.text[0], fake.text[-1]) == (real.text[0], real.text[-1])
+            assert [line[0] for line in fake.text.split("\n")] == [line[0] for line in real.text.split("\n")]
+    assert (len(task.train), len(task.test)) == (1102, 472)
     assert not {e.start for e in task.train} & {e.start for e in task.test}
     assert task.majority_baseline == 0.5
     assert 0.28 < len(task.test) / (len(task.train) + len(task.test)) < 0.32
@@ -133,16 +138,37 @@ def test_who_speaks_refuses_more_characters_than_there_are():
         who_speaks_task(test_fraction=1.0)
 
 
-def test_shuffle_words_keeps_words_and_line_lengths():
-    text = "To be, or not to be:\nthat is the question."
+def test_shuffle_words_moves_only_plain_words():
+    text = "To be, or not to be: that is the question.\nAy, there is the rub and the sleep of death"
     shuffled = shuffle_words(text, random.Random(0))
     assert shuffled != text
     assert sorted(shuffled.split()) == sorted(text.split())
-    assert [len(line.split()) for line in shuffled.split("\n")] == [6, 4]
-    # Two words: a shuffle that happens to give them back in order is rotated instead.
-    assert all(shuffle_words("Good morrow", random.Random(seed)) == "morrow Good" for seed in range(10))
-    with pytest.raises(ValueError, match="fewer than two different words"):
-        shuffle_words("no no", random.Random(0))
+    assert [len(line.split()) for line in shuffled.split("\n")] == [10, 10]
+    # Capitalised and punctuated words, each line's first word and the last word keep their places.
+    for before, after in zip(text.split(), shuffled.split(), strict=True):
+        if not before.isalpha() or not before.islower():
+            assert after == before
+    assert (shuffled.split()[0], shuffled.split()[10], shuffled.split()[-1]) == ("To", "Ay,", "death")
+    # Two movable plain words: a shuffle that gives them back in order is rotated instead.
+    assert all(shuffle_words("Good morrow to you, sir", random.Random(seed)) == "Good to morrow you, sir"
+               for seed in range(10))
+    for unshufflable in ("no no", "Good morrow, sir.", "O Romeo, Romeo! wherefore art", "Ay me me me."):
+        assert not can_shuffle(unshufflable)
+        with pytest.raises(ValueError, match="fewer than two different plain words"):
+            shuffle_words(unshufflable, random.Random(0))
+    assert can_shuffle("Good morrow to you, sir")
+
+
+def test_surface_rules_score_a_coin_flip_on_real_or_shuffled(tasks):
+    # The shuffle keeps capitals and punctuation in place, so "starts with a capital" or "ends with
+    # punctuation" cannot tell the classes apart: on every example pair, both rules give one answer.
+    task = tasks["shuffled"]
+
+    def accuracy(rule) -> float:
+        return sum(rule(e.text) == (e.label == 1) for e in task.test) / len(task.test)
+
+    assert accuracy(lambda text: text[0].isupper()) == 0.5
+    assert accuracy(lambda text: not text[-1].isalnum()) == 0.5
 
 
 def test_majority_baseline_by_hand():
