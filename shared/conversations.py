@@ -7,8 +7,9 @@ the play's own reply as its answer.
 
 Pretraining (chapter 7) reads the first 90% of the text, so the conversations come from the last
 10% only, and only from speeches that begin there (the speech cut in two by the split is dropped).
-Those speeches are split again, deterministically, into supervised fine-tuning data and held-out
-conversations that no training stage sees: see :func:`play_conversations`.
+Those speeches are split again, deterministically, into supervised fine-tuning data, held-out
+conversations that no training stage sees, and speeches kept for the judge of chapter 12 alone
+(``shared.judge``), which neither tuning nor evaluation uses: see :func:`play_conversations`.
 """
 
 import random
@@ -41,10 +42,12 @@ class Conversation(NamedTuple):
 
 
 class ConversationSplit(NamedTuple):
-    """Conversations to fine-tune on (``sft``) and conversations kept for evaluation (``heldout``)."""
+    """Conversations to fine-tune on (``sft``), conversations kept for evaluation (``heldout``), and
+    speeches kept for the judge (``judge``): none of them is a speech of an ``sft`` or ``heldout`` conversation."""
 
     sft: list[Conversation]
     heldout: list[Conversation]
+    judge: list[Speech]
 
 
 def _conversations(speeches: list[Speech]) -> list[Conversation]:
@@ -59,6 +62,7 @@ def play_conversations(
     *,
     val_fraction: float = 0.1,
     heldout_fraction: float = 0.2,
+    judge_fraction: float = 0.2,
     block_size: int = 8,
     seed: int = 0,
 ) -> ConversationSplit:
@@ -67,8 +71,10 @@ def play_conversations(
     - Only speeches whose header starts in the last ``val_fraction`` of the text (the part
       :func:`shared.datasets.train_val_split` holds out) are used.
     - Those speeches are cut into blocks of ``block_size`` consecutive speeches, and a seeded shuffle
-      of the blocks sends ``heldout_fraction`` of them to the held-out set. A conversation whose two
-      speeches fall in blocks of different sets is dropped, so no speech is in both sets. Blocks,
+      of the blocks sends ``heldout_fraction`` of them to the held-out set and the next
+      ``judge_fraction`` of them to the judge (their speeches, not conversations: ``split.judge``); the
+      rest is fine-tuning data. A conversation whose two speeches fall in blocks of different sets is
+      dropped, so no speech is in two sets. Blocks,
       not single speeches, keep each set spread over both plays of the last 10% (The Taming of the
       Shrew and The Tempest) and their characters, while wasting few conversations at the borders.
     - A held-out conversation whose exchange also occurs word for word in the pretraining text or
@@ -77,6 +83,11 @@ def play_conversations(
     """
     if not 0.0 < heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be between 0 and 1, got {heldout_fraction}")
+    if not 0.0 <= judge_fraction < 1.0 or heldout_fraction + judge_fraction >= 1.0:
+        raise ValueError(
+            f"judge_fraction must be at least 0 and leave blocks to fine-tune on (heldout_fraction + judge_fraction "
+            f"< 1), got judge_fraction={judge_fraction} with heldout_fraction={heldout_fraction}"
+        )
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2 speeches (one conversation), got {block_size}")
     text = tiny_shakespeare() if text is None else text
@@ -91,14 +102,17 @@ def play_conversations(
     order = list(range(n_blocks))
     random.Random(seed).shuffle(order)
     n_heldout = min(n_blocks - 1, max(1, round(heldout_fraction * n_blocks)))
-    heldout_blocks = set(order[:n_heldout])
+    n_judge = min(n_blocks - 1 - n_heldout, round(judge_fraction * n_blocks))
+    heldout_blocks, judge_blocks = set(order[:n_heldout]), set(order[n_heldout : n_heldout + n_judge])
+    role = ["heldout" if b in heldout_blocks else "judge" if b in judge_blocks else "sft" for b in range(n_blocks)]
     sft, heldout = [], []
     position = {s.start: i for i, s in enumerate(speeches)}
     for conversation in _conversations(speeches):
-        blocks = {position[conversation.prompt.start] // block_size, position[conversation.reply.start] // block_size}
-        if len(blocks) > 1 and len(blocks & heldout_blocks) == 1:
-            continue  # straddles the two sets
-        (heldout if blocks & heldout_blocks else sft).append(conversation)
+        roles = {role[position[s.start] // block_size] for s in conversation}
+        if len(roles) > 1 or roles == {"judge"}:
+            continue  # straddles two sets, or belongs to the judge
+        (heldout if roles == {"heldout"} else sft).append(conversation)
+    judge = [s for i, s in enumerate(speeches) if role[i // block_size] == "judge"]
     sft_text = "\0".join(c.source_text for c in sft)  # a separator no exchange contains
     heldout = [c for c in heldout if c.source_text not in train_text and c.source_text not in sft_text]
-    return ConversationSplit(sft, heldout)
+    return ConversationSplit(sft, heldout, judge)

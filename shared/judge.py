@@ -1,8 +1,10 @@
 """An automatic, deterministic judge of replies: is this what the asked character would say?
 
 Chapter 12 tunes a model to answer as a character of the plays. To score its replies without a
-person (or a big model behind an API), the judge is chapter 11's classifier, trained once with a
-fixed seed on speeches of the plays' held-out 10% that no evaluation uses:
+person (or a big model behind an API), the judge is a classifier like chapter 11's, trained once with a
+fixed seed on the speeches :func:`shared.conversations.play_conversations` keeps for it (``split.judge``:
+whole blocks of the plays' held-out 10%, never pretrained on, and no speech of a fine-tuning or
+held-out conversation, so no SFT target, DPO reply or evaluated reply):
 
 - ``kind="who_speaks"``: which of the ``n_characters`` characters with the most speeches speaks a
   text. A reply is *in character* when the judge names the character that was asked to answer.
@@ -12,9 +14,10 @@ fixed seed on speeches of the plays' held-out 10% that no evaluation uses:
 
 The judge reads only a reply's text, re-encoded with the base tokenizer (the chat tokens play no
 part), so it scores every model the same way. It is a measuring instrument with its own error: its
-accuracy on the real held-out replies (:meth:`Judge.accuracy`) is the ceiling of what a perfect
-imitator would score; its rate on real replies given to other prompts (:meth:`Judge.mismatched`) is what
-a fluent model that ignores the asked character would score.
+accuracy on the real held-out replies (:meth:`Judge.accuracy`, the real-reply rate) is what a model
+that answered exactly as the play would score (not a bound: another reply can score higher); its rate on
+real replies by other characters given to the prompts (:meth:`Judge.mismatched`) is what a fluent
+model that ignores the asked character would score.
 """
 
 import copy
@@ -26,14 +29,16 @@ from typing import Literal
 import torch
 
 from shared.classify import SequenceClassifier, encode_texts, pad_token_ids, train_classifier
-from shared.conversations import Conversation
+from shared.conversations import Conversation, ConversationSplit
 from shared.corpus import tiny_shakespeare
 from shared.model import GPTModel
 from shared.runtime import eval_mode
 from shared.tasks import Speech, held_out_speeches
 from shared.tokenizer import BPETokenizer
 
-__all__ = ["JUDGE_KINDS", "PLAYS", "Judge", "JudgeKind", "judge_speeches", "play_of", "train_judge"]
+__all__ = [
+    "JUDGE_KINDS", "PLAYS", "Judge", "JudgeKind", "judge_speeches", "mismatched_replies", "play_of", "train_judge",
+]
 
 JudgeKind = Literal["who_speaks", "which_play"]
 JUDGE_KINDS: tuple[str, ...] = ("who_speaks", "which_play")
@@ -52,11 +57,23 @@ def play_of(speech: Speech, corpus: str | None = None) -> str:
     return PLAYS[int(speech.start >= tempest)]
 
 
-def judge_speeches(heldout: Sequence[Conversation], corpus: str | None = None) -> list[Speech]:
-    """The speeches the judge trains on: every speech of the held-out 10% (never pretrained on) except
-    the speeches of ``heldout`` conversations, whose replies the judge will score."""
-    used = {s.start for c in heldout for s in (c.prompt, c.reply)}
-    return [s for s in held_out_speeches(corpus) if s.start not in used]
+def judge_speeches(split: ConversationSplit) -> list[Speech]:
+    """The speeches the judge trains on: ``split.judge``, the blocks of the held-out 10% that
+    :func:`shared.conversations.play_conversations` keeps out of fine-tuning and evaluation.
+
+    Raises if one of them is a speech of an ``sft`` or ``heldout`` conversation (a split made by hand)."""
+    if not isinstance(split, ConversationSplit):
+        raise TypeError(f"judge_speeches: give play_conversations()'s ConversationSplit, got {type(split).__name__}")
+    used = {s.start for c in (*split.sft, *split.heldout) for s in (c.prompt, c.reply)}
+    leaked = [s for s in split.judge if s.start in used]
+    if leaked:
+        raise ValueError(
+            f"judge_speeches: {len(leaked)} judge speeches are also in tuning or held-out conversations (first by "
+            f"{leaked[0].speaker}); the judge would reward memorised replies. Use play_conversations()'s split"
+        )
+    if not split.judge:
+        raise ValueError("judge_speeches: this split keeps no speeches for the judge; use judge_fraction > 0")
+    return list(split.judge)
 
 
 @dataclass
@@ -123,7 +140,8 @@ class Judge:
 
     def accuracy(self, conversations: Sequence[Conversation]) -> float:
         """The share of the real replies of ``conversations`` (those it can score) that the judge puts in
-        the right class: its ceiling, the in-character rate of a model that answered exactly as the play."""
+        the right class: the real-reply rate, the in-character rate of a model that answered exactly as the
+        play (not a bound: other replies can score higher)."""
         known = [c for c in conversations if self.knows(c.reply.speaker)]
         if not known:
             raise ValueError("accuracy: none of these conversations is answered by a character the judge knows")
@@ -131,21 +149,37 @@ class Judge:
         return sum(hits) / len(hits)
 
     def mismatched(self, conversations: Sequence[Conversation]) -> float:
-        """The in-character rate of the real replies of ``conversations`` (those it can score), each given to
-        the *next* conversation's prompt instead of its own: fluent replies that ignore the asked character.
+        """The in-character rate of real replies given to the wrong prompts: each conversation (of those it
+        can score) gets the reply of the next conversation, in order and wrapping around, whose reply is by
+        *another* character (:func:`mismatched_replies`): fluent replies that ignore the asked character.
         :meth:`accuracy` minus this is how well the judge tells a fitting reply from another one."""
         known = [c for c in conversations if self.knows(c.reply.speaker)]
-        if len(known) < 2:
-            raise ValueError("mismatched: need two or more conversations answered by characters the judge knows")
-        replies = [c.reply.text for c in known]
-        hits = self.in_character(replies[1:] + replies[:1], [c.reply.speaker for c in known])
+        replies = mismatched_replies(known)
+        hits = self.in_character(replies, [c.reply.speaker for c in known])
         return sum(hits) / len(hits)
+
+
+def mismatched_replies(conversations: Sequence[Conversation]) -> list[str]:
+    """For each conversation, the reply text of the next conversation (in order, wrapping around) whose
+    reply is by a different character than its own."""
+    speakers = {c.reply.speaker for c in conversations}
+    if len(speakers) < 2:
+        raise ValueError(
+            f"mismatched: the replies are all by {sorted(speakers)}; a mismatched reply must come from another "
+            "character, so give conversations answered by two or more characters the judge knows"
+        )
+    n = len(conversations)
+    out = []
+    for i, c in enumerate(conversations):
+        j = next(j for j in range(i + 1, i + n) if conversations[j % n].reply.speaker != c.reply.speaker)
+        out.append(conversations[j % n].reply.text)
+    return out
 
 
 def train_judge(
     base_model: GPTModel,
     tokenizer: BPETokenizer,
-    heldout: Sequence[Conversation],
+    split: ConversationSplit,
     *,
     kind: str = "who_speaks",
     n_characters: int = 4,
@@ -159,7 +193,7 @@ def train_judge(
 ) -> Judge:
     """Fine-tune a copy of ``base_model`` (every weight, with a new head) into a :class:`Judge`.
 
-    It trains on :func:`judge_speeches` (the held-out 10% minus the ``heldout`` conversations), with
+    It trains on :func:`judge_speeches` (``split.judge``: no speech of a tuning or held-out conversation), with
     ``torch.manual_seed(seed)`` before the head is made and ``seed`` for the batches: the same
     arguments give the same judge. ``who_speaks`` uses the ``n_characters`` characters with the most
     of those speeches (ties by name); ``which_play`` uses every speech, labelled with its play.
@@ -169,7 +203,7 @@ def train_judge(
     if kind not in JUDGE_KINDS:
         raise ValueError(f"train_judge: unknown kind {kind!r}; choose one of {list(JUDGE_KINDS)}")
     corpus = tiny_shakespeare() if corpus is None else corpus
-    speeches = judge_speeches(heldout, corpus)
+    speeches = judge_speeches(split)
     if kind == "who_speaks":
         counts = Counter(s.speaker for s in speeches)
         if n_characters < 2 or n_characters > len(counts):

@@ -177,7 +177,7 @@ def test_template_refuses_what_it_cannot_render(chat_bpe):
 def test_heldout_conversations_are_never_seen_in_pretraining_or_tuning(split):
     corpus = tiny_shakespeare()
     train_text, _ = train_val_split(corpus)
-    assert len(split.sft) > 500 and len(split.heldout) > 100
+    assert len(split.sft) > 400 and len(split.heldout) > 100 and len(split.judge) > 100
     both = split.sft + split.heldout
     assert all(corpus.startswith(c.source_text, c.prompt.start) for c in both)  # the reply follows the speech
     assert all(c.prompt.start >= len(train_text) for c in both)  # from the last 10% only, whole speeches
@@ -190,6 +190,19 @@ def test_heldout_conversations_are_never_seen_in_pretraining_or_tuning(split):
         assert not any(c.source_text in t for t in sft_texts)
     for speakers in ({c.reply.speaker for c in split.sft}, {c.reply.speaker for c in split.heldout}):
         assert {"PETRUCHIO", "PROSPERO"} <= speakers  # both plays of the last 10% in both sets
+    judge = {s.start for s in split.judge}
+    assert judge.isdisjoint(heldout_speeches | {s.start for c in split.sft for s in c})  # the judge's own speeches
+    assert all(s.start >= len(train_text) for s in split.judge)
+    assert {"PETRUCHIO", "PROSPERO"} <= {s.speaker for s in split.judge}
+
+
+def test_the_judge_share_leaves_the_heldout_blocks_alone_and_is_checked():
+    with_judge, without = play_conversations(), play_conversations(judge_fraction=0.0)
+    assert without.judge == [] and len(without.sft) > len(with_judge.sft)
+    # the same held-out blocks; with less tuning text, its word-for-word filter drops no more of them
+    assert set(without.heldout) <= set(with_judge.heldout)
+    with pytest.raises(ValueError, match="judge_fraction"):
+        play_conversations(heldout_fraction=0.5, judge_fraction=0.5)
 
 
 def test_an_exchange_repeated_in_pretraining_or_tuning_text_is_never_held_out():
