@@ -46,6 +46,11 @@ def collate_off_by_one(examples, pad_id):
     return ids, mask.roll(1, dims=1)
 
 
+def collate_as_int32(examples, pad_id):
+    ids, mask = collate(examples, pad_id)
+    return ids.int(), mask
+
+
 def collate_with_the_course(examples, pad_id):
     return collate_instructions(examples, pad_id)
 
@@ -96,7 +101,8 @@ def cut_always_ended(ids, end_id):
 
 
 WRONG_ANSWERS: dict[str, list] = {
-    "12.1": [collate_left_padded, collate_marking_the_prompt, collate_off_by_one, collate_with_the_course],
+    "12.1": [collate_left_padded, collate_marking_the_prompt, collate_off_by_one, collate_as_int32,
+             collate_with_the_course],
     "12.2": [dpo_without_beta, dpo_without_reference, dpo_backwards, dpo_with_the_course],
     "12.3": [256, 2, 4, 1026 * 128 * 2, 512.0],
     "12.4": [cut_keeping_the_end, cut_at_the_last_end, cut_always_ended],
@@ -113,6 +119,7 @@ def test_the_right_answer_passes(number, answer):
 
 @pytest.mark.parametrize(("number", "answer", "hint"), [
     ("12.1", collate_left_padded, "padding is on the left"),
+    ("12.1", collate_as_int32, "torch.long tensor"),
     ("12.1", collate_marking_the_prompt, "marks the prompt tokens too"),
     ("12.1", collate_with_the_course, "the course's own collate_instructions"),
     ("12.2", dpo_without_beta, "beta is missing"),

@@ -34,6 +34,8 @@ def check_collate(collate) -> str:
         expect(token_ids.shape == want_ids.shape and mask.shape == want_mask.shape,
                f"Both tensors should have shape (examples, longest prompt + response) = {tuple(want_ids.shape)}; "
                f"yours are {tuple(token_ids.shape)} and {tuple(mask.shape)}.")
+        expect(token_ids.dtype == torch.long,
+               f"The token ids should be a torch.long tensor (what an embedding takes); yours is {token_ids.dtype}.")
         expect(mask.dtype == torch.bool, f"The mask should be a bool tensor (True = counted); yours is {mask.dtype}.")
         if not torch.equal(token_ids, want_ids):
             left = torch.full_like(want_ids, pad_id)
