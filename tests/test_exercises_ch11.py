@@ -37,7 +37,7 @@ def with_the_courses_pool(hidden, lengths):
 # -- 11.2 a LoRA forward ---------------------------------------------------------------------------
 
 
-def lora_forward(x, linear, A, B, alpha):
+def lora_layer_output(x, linear, A, B, alpha):
     return linear(x) + (alpha / A.shape[0]) * (x @ A.T @ B.T)
 
 
@@ -110,7 +110,7 @@ WRONG_ANSWERS = {
 
 RIGHT_ANSWERS = {
     "11.1": last_token_states,
-    "11.2": lora_forward,
+    "11.2": lora_layer_output,
     "11.3": lora_parameter_count,
     "11.4": (merge, unmerge),
     "11.5": {"a", "c"},

@@ -57,7 +57,7 @@ def _lora_problem() -> tuple[nn.Linear, Tensor, Tensor, Tensor, float]:
 
 
 @exercise("11.2", "A LoRA forward pass", level=2, minutes=10)
-def check_lora_forward(answer) -> str:
+def check_lora_layer_output(answer) -> str:
     own_work(answer, LoRALinear, apply_lora)
     linear, a, b, x, alpha = _lora_problem()
     got = run_answer(answer, x.clone(), linear, a.clone(), b.clone(), alpha)
