@@ -1493,7 +1493,7 @@ def plot_tuning_results(
     """One panel per metric, one bar per model (e.g. base, SFT, DPO) at the mean over seeds, an error
     bar of one standard deviation and a dot per seed. ``results[model][metric]`` lists the seeds'
     values; ``references[metric]`` maps labels to levels drawn as dashed lines across that panel (a
-    judge's ceiling, a chance level). Returns the Figure."""
+    judge's rate on real replies, a chance level). Returns the Figure."""
     models = list(results)
     if not models or any(len(results[m].get(k, [])) < 1 for m in models for k in metrics):
         raise ValueError(f"plot_tuning_results: every model needs at least one value of each metric {list(metrics)}")
