@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from shared.classify import SequenceClassifier
-from shared.exercises import NotYet, close, describe, exercise, expect, own_work, run_answer, seeded
+from shared.exercises import NotYet, close, describe, exercise, expect, own_work, run_answer, seeded, true_statements
 from shared.lora import LoRALinear, apply_lora, count_trainable, merge_lora, unmerge_lora
 from shared.model import GPTConfig, GPTModel
 
@@ -167,15 +167,7 @@ _WHY = {  # what to think about, per statement, without saying which way it goes
 
 @exercise("11.5", "True or false: padding and LoRA", level=1, minutes=5)
 def check_statements(answer) -> str:
-    expect(isinstance(answer, (set, frozenset, list, tuple, str)),
-           f"Give the letters of the true statements as a set, e.g. {{'a', 'b'}}; got {type(answer).__name__}.")
-    letters = {str(v).strip().lower() for v in ([answer] if isinstance(answer, str) else answer)}
-    unknown = sorted(letters - set(STATEMENTS))
-    expect(not unknown, f"{unknown} are not statements: the letters are {sorted(STATEMENTS)}.")
-    wrong = sorted(letters ^ _TRUE)
-    if wrong:
-        raise NotYet(f"{len(wrong)} of your {len(STATEMENTS)} verdicts are not right yet. For each statement, think "
-                     "again about: " + "; ".join(f"{k}: {_WHY[k]}" for k in sorted(STATEMENTS)) + ".")
+    true_statements(answer, STATEMENTS, _TRUE, _WHY)
     return ("a and c are true. b: left padding puts pads before the text, where its tokens attend to them, and "
             "shifts every position; d: a merged layer is a plain linear layer; e: with both at zero neither "
             "gets a gradient, so nothing would ever train.")
