@@ -21,6 +21,7 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from shared.datasets import seeded_batches
 from shared.llama import LlamaModel
 from shared.model import GPTModel
 from shared.runtime import eval_mode
@@ -175,19 +176,14 @@ def train_classifier(
         raise ValueError("train_classifier: no parameter of this classifier requires grad, so nothing would train")
     if len(examples) < 1 or steps < 1:
         raise ValueError(f"train_classifier: need at least one example and one step, got {len(examples)} and {steps}")
-    batch_size = min(batch_size, len(examples))
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
     device = classifier.head.weight.device
-    order: list[int] = []
     losses = []
     was_training = classifier.training
     classifier.train()
     try:
-        for _ in range(steps):
-            while len(order) < batch_size:
-                order += torch.randperm(len(examples), generator=generator).tolist()
-            batch, order = [examples[i] for i in order[:batch_size]], order[batch_size:]
+        for indices in seeded_batches(len(examples), batch_size, steps, seed):
+            batch = [examples[i] for i in indices]
             token_ids, lengths, labels = (t.to(device) for t in collate_classification(batch, pad_id))
             loss = F.cross_entropy(classifier(token_ids, lengths).float(), labels)
             optimizer.zero_grad(set_to_none=True)

@@ -13,6 +13,7 @@ __all__ = [
     "NextTokenDataset",
     "ResumableSampler",
     "create_dataloader",
+    "seeded_batches",
     "train_val_split",
 ]
 
@@ -190,3 +191,20 @@ def create_dataloader(
     # Its own generator, so iterating never consumes the global RNG (which dropout uses).
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=loader_batch, sampler=sampler, drop_last=drop_last, generator=generator)
+
+
+def seeded_batches(n_examples: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
+    """``steps`` batches of indices into ``n_examples`` examples (at most ``batch_size`` each): a walk
+    through the examples in a new random order each pass, drawn from a generator seeded with ``seed``,
+    so the same seed gives the same batches. The post-training loops (classifier, SFT, DPO) draw with it."""
+    if n_examples < 1 or batch_size < 1 or steps < 0:
+        raise ValueError(f"seeded_batches: need at least one example and a batch of at least one, got "
+                         f"{n_examples} examples and batch_size {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    batch_size = min(batch_size, n_examples)
+    order: list[int] = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order += torch.randperm(n_examples, generator=generator).tolist()
+        batch, order = order[:batch_size], order[batch_size:]
+        yield batch

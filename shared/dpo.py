@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from shared.chat import chat_token_ids, encode_chats
 from shared.conversations import Conversation
-from shared.sft import _batches, collate_instructions, next_token_pairs, token_log_probs
+from shared.datasets import seeded_batches
+from shared.sft import collate_instructions, next_token_pairs, token_log_probs
 from shared.tokenizer import BPETokenizer
 
 __all__ = ["dpo_loss", "log_ratios", "preference_pairs", "response_log_probs", "train_dpo"]
@@ -165,7 +166,7 @@ def train_dpo(
     policy.eval()
     reference.eval()
     try:
-        for batch in _batches(len(pairs), batch_size, steps, seed):
+        for batch in seeded_batches(len(pairs), batch_size, steps, seed):
             chunk = [pairs[i] for i in batch]
             with torch.no_grad():
                 ref_chosen, ref_rejected = _pair_log_probs(reference, chunk, pad_id, device)

@@ -6,12 +6,14 @@ the prompt is context, not something to imitate. A boolean mask says which targe
 the same as setting the other targets to PyTorch's ignore index (-100) in ``F.cross_entropy``.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
+
+from shared.datasets import seeded_batches
 
 __all__ = [
     "collate_instructions",
@@ -100,19 +102,6 @@ def _check_fits(examples: Sequence[Sequence[Sequence[int]]], context_length: int
             )
 
 
-def _batches(n_examples: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
-    """``steps`` batches of example indices: a seeded walk through the examples in a new random order
-    each pass (as :func:`shared.classify.train_classifier` draws them)."""
-    generator = torch.Generator().manual_seed(seed)
-    batch_size = min(batch_size, n_examples)
-    order: list[int] = []
-    for _ in range(steps):
-        while len(order) < batch_size:
-            order += torch.randperm(n_examples, generator=generator).tolist()
-        batch, order = order[:batch_size], order[batch_size:]
-        yield batch
-
-
 def train_sft(
     model: nn.Module,
     examples: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -144,7 +133,7 @@ def train_sft(
     was_training = model.training
     model.train()
     try:
-        for batch in _batches(len(examples), batch_size, steps, seed):
+        for batch in seeded_batches(len(examples), batch_size, steps, seed):
             token_ids, response_mask = collate_instructions([examples[i] for i in batch], pad_id)
             inputs, targets, loss_mask = next_token_pairs(token_ids.to(device), response_mask.to(device))
             loss = masked_next_token_loss(model(inputs), targets, loss_mask)

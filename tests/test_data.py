@@ -132,3 +132,15 @@ def test_download_with_a_wrong_hash_raises_and_leaves_nothing_behind(tiny_file, 
 def test_unknown_file_name_is_refused():
     with pytest.raises(KeyError, match="unknown data file"):
         fetch("no-such-file.txt")
+
+
+def test_seeded_batches_walk_every_example_once_per_pass_in_a_seeded_order():
+    from shared.datasets import seeded_batches
+
+    batches = list(seeded_batches(10, 4, 5, seed=3))  # 20 indices: two whole passes
+    flat = [i for batch in batches for i in batch]
+    assert [len(b) for b in batches] == [4] * 5
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert batches == list(seeded_batches(10, 4, 5, seed=3))
+    assert batches != list(seeded_batches(10, 4, 5, seed=4))
+    assert all(len(b) == 3 for b in seeded_batches(3, 8, 2, 0))  # a batch never exceeds the examples
