@@ -102,13 +102,22 @@ class SequenceClassifier(nn.Module):
 
 
 def encode_texts(
-    encode: Callable[[str], list[int]], texts: Sequence[str], context_length: int, crop: bool = False
+    encode: Callable[[str], list[int]],
+    texts: Sequence[str],
+    context_length: int,
+    crop: bool = False,
+    keep: Literal["first", "last"] = "first",
 ) -> list[list[int]]:
     """Token ids of each text, by any tokenizer's ``encode`` (``BPETokenizer.encode``, tiktoken's).
 
     A text longer than ``context_length`` tokens is an error, unless ``crop=True``: then it keeps its
-    first ``context_length`` tokens.
+    first ``context_length`` tokens (``keep="first"``, for a task that reads a text's start) or its last
+    ones (``keep="last"``, for a task that reads its end, such as ``shared.tasks.speech_end_task``).
     """
+    if keep not in ("first", "last"):
+        raise ValueError(
+            f"encode_texts: keep must be 'first' or 'last' (which end of a cropped text to keep), got {keep!r}"
+        )
     encoded = []
     for i, text in enumerate(texts):
         ids = list(encode(text))
@@ -118,10 +127,10 @@ def encode_texts(
             if not crop:
                 raise ValueError(
                     f"encode_texts: text {i} is {len(ids)} tokens long, longer than the context of {context_length} "
-                    f"({text[:40]!r}...). Pass crop=True to keep each text's first {context_length} tokens, or "
+                    f"({text[:40]!r}...). Pass crop=True to keep each text's {keep} {context_length} tokens, or "
                     "shorten the texts before encoding."
                 )
-            ids = ids[:context_length]
+            ids = ids[:context_length] if keep == "first" else ids[-context_length:]
         encoded.append(ids)
     return encoded
 

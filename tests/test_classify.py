@@ -95,6 +95,24 @@ def test_too_long_a_text_is_a_clear_error():
         classifier(torch.zeros(2, 4, dtype=torch.long), torch.tensor([4, 5]))
 
 
+def test_a_crop_keeps_the_first_or_the_last_tokens():
+    def encode(text):
+        return [ord(c) for c in text]
+
+    texts = ["abc", "abcdefghij"]
+    first = encode_texts(encode, texts, context_length=4, crop=True, keep="first")
+    last = encode_texts(encode, texts, context_length=4, crop=True, keep="last")
+    assert first == [encode("abc"), encode("abcd")]  # the default keeps the start
+    assert first == encode_texts(encode, texts, context_length=4, crop=True)
+    assert last == [encode("abc"), encode("ghij")]  # a short text is never cut, from either end
+    with pytest.raises(TypeCheckError, match="keep"):  # the annotation refuses it when checks are on,
+        encode_texts(encode, texts, context_length=4, crop=True, keep="end")
+    with shape_checks(False), pytest.raises(ValueError, match=r"keep must be 'first' or 'last'.*got 'end'"):
+        encode_texts(encode, texts, context_length=4, crop=True, keep="end")  # and the function when off
+    with pytest.raises(ValueError, match=r"keep each text's last 4 tokens"):
+        encode_texts(encode, texts, context_length=4, keep="last")
+
+
 def test_bad_settings_are_clear_errors():
     with pytest.raises(ValueError, match="n_classes must be at least 2"):
         SequenceClassifier(build("gpt"), 1)

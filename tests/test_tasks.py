@@ -18,6 +18,7 @@ from shared.tasks import (
     parse_speeches,
     real_or_shuffled_task,
     shuffle_words,
+    speech_end_task,
     who_speaks_task,
 )
 
@@ -40,7 +41,11 @@ def training_text(corpus) -> str:
 
 @pytest.fixture(scope="module")
 def tasks() -> dict[str, LabelledTask]:
-    return {"who": who_speaks_task(n_characters=4, seed=0), "shuffled": real_or_shuffled_task(seed=0)}
+    return {
+        "who": who_speaks_task(n_characters=4, seed=0),
+        "shuffled": real_or_shuffled_task(seed=0),
+        "end": speech_end_task(seed=0),
+    }
 
 
 def test_parse_speeches_by_hand():
@@ -75,7 +80,7 @@ def test_held_out_speeches_all_lie_after_the_pretraining_text(corpus, training_t
     assert held_out == [s for s in parse_speeches(corpus) if s.start >= cut]
 
 
-@pytest.mark.parametrize("name", ["who", "shuffled"])
+@pytest.mark.parametrize("name", ["who", "shuffled", "end"])
 def test_no_example_comes_from_the_pretraining_text(name, tasks, training_text):
     task = tasks[name]
     examples = task.train + task.test
@@ -110,6 +115,61 @@ def test_tasks_are_deterministic_given_a_seed(tasks):
     assert real_or_shuffled_task(seed=0) == tasks["shuffled"]
     other = real_or_shuffled_task(seed=1)
     assert {e.start for e in other.test} != {e.start for e in tasks["shuffled"].test}
+
+
+def test_speech_end_is_balanced_cuts_at_a_line_break_and_splits_by_speech(tasks, training_text):
+    task = tasks["end"]
+    assert task.class_names == ("continues", "ends")
+    assert (len(task.train), len(task.test)) == (624, 268)
+    assert task.class_counts("train") == [312, 312] and task.class_counts("test") == [134, 134]
+    assert task.majority_baseline == 0.5
+    by_start = {s.start: s for s in held_out_speeches()}
+    for examples in (task.train, task.test):
+        # Each speech gives its whole text, then a cut of it, side by side: every even prefix is balanced.
+        for whole, cut in zip(examples[::2], examples[1::2], strict=True):
+            assert (whole.label, cut.label) == (1, 0) and whole.start == cut.start
+            speech = by_start[whole.start]  # a held-out speech, so after the pretraining text
+            assert speech.start >= len(training_text)
+            assert whole.text == f"{speech.speaker}:\n{speech.text}\n"
+            # The cut is a proper prefix that ends at a line break, after at least one line of the speech.
+            assert whole.text.startswith(cut.text) and len(cut.text) < len(whole.text)
+            assert cut.text.endswith("\n") and cut.text.count("\n") >= 2
+            assert whole.text[len(cut.text) - 1] == "\n"
+            assert speech.text.count("\n") >= 1  # a speech of one line cannot be cut
+    # Split by speech, with about test_fraction of the speeches on the test side.
+    assert not {e.start for e in task.train} & {e.start for e in task.test}
+    assert 0.28 < len(task.test) / (len(task.train) + len(task.test)) < 0.32
+    n_lines = sum(1 for s in held_out_speeches() if "\n" in s.text)
+    assert (len(task.train) + len(task.test)) // 2 == n_lines
+
+
+def test_speech_end_is_deterministic_and_cuts_anywhere(tasks):
+    assert speech_end_task(seed=0) == tasks["end"]
+    other = speech_end_task(seed=1)
+    assert {e.start for e in other.test} != {e.start for e in tasks["end"].test}
+    # k is drawn from 1 to n - 1: over the task, cuts after the first line and before the last both occur.
+    cut_lines = [(cut.text.count("\n") - 1, whole.text.count("\n") - 1)
+                 for whole, cut in zip(tasks["end"].train[::2], tasks["end"].train[1::2], strict=True)]
+    assert all(1 <= k < n for k, n in cut_lines)
+    assert any(k == 1 and n > 2 for k, n in cut_lines) and any(k == n - 1 and n > 2 for k, n in cut_lines)
+    with pytest.raises(ValueError, match="test_fraction"):
+        speech_end_task(test_fraction=0.0)
+
+
+def test_speech_end_on_a_toy_corpus():
+    # Only speeches of two lines or more count; with corpus= the held-out part is the last 10% of it.
+    toy = "\n\n".join(f"A{i}:\nline one {i}\nline two {i}\nline three {i}" for i in range(40)) + "\n\nB:\nalone\n"
+    task = speech_end_task(seed=3, corpus=toy)
+    assert all(e.text.startswith("A") for e in task.train + task.test)
+    assert {e.text.count("\n") for e in task.train if e.label == 1} == {4}
+    assert {e.text.count("\n") for e in task.train if e.label == 0} <= {2, 3}
+
+
+def test_surface_rule_is_strong_on_speech_end(tasks):
+    # Stated plainly in chapter 11: "the last line ends with . ! or ?" reads the end of a speech well.
+    task = tasks["end"]
+    score = sum((e.text.rstrip()[-1] in ".!?") == (e.label == 1) for e in task.test) / len(task.test)
+    assert score == pytest.approx(241 / 268)
 
 
 def test_who_speaks_picks_the_most_frequent_characters_and_stratifies(tasks):
