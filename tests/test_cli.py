@@ -221,8 +221,10 @@ def test_pretrain_absent_options_take_the_settings_values_and_given_ones_replace
 
 
 def test_tuning_stages_absent_options_take_their_defaults_and_given_ones_replace_them():
-    task = finetune.make_task(finetune.parse_args([]))  # real or shuffled, every example
-    assert task.class_names == ("shuffled", "real") and len(task.train) > 1_000
+    task = finetune.make_task(finetune.parse_args([]))  # does the speech end here? every example
+    assert task.class_names == ("continues", "ends") and len(task.train) == 624
+    assert finetune.make_task(finetune.parse_args(["--task", "real-or-shuffled"])).class_names == ("shuffled", "real")
+    assert set(finetune.CROP_KEEPS) == set(finetune.TASKS) and finetune.CROP_KEEPS["speech-end"] == "last"
     assert len(finetune.make_task(finetune.parse_args(["--labels", "40"])).train) == 40
     assert len(finetune.make_task(finetune.parse_args(["--task", "who-speaks"])).class_names) == 4
     assert len(finetune.make_task(finetune.parse_args(["--task", "who-speaks", "--characters", "2"])).class_names) == 2
@@ -338,14 +340,16 @@ def test_every_stage_runs_chained_on_one_tiny_model(tmp_path, monkeypatch):
     assert code == 0, err
     record = json.loads((tmp_path / "task" / "history.json").read_text())
     assert record["majority_baseline"] == 0.5 and record["method"] == "lora" and len(record["step_losses"]) == 3
+    assert record["task"] == "does the speech end here?" and record["crop_keeps"] == "last"
     assert record["trainable_parameters"] < record["total_parameters"] / 10
     assert f"held-out accuracy {record['accuracy']:.3f} (majority baseline 0.500)" in out
     (body, _, _), saved = models.read_model(tmp_path / "task" / "classifier.pt")
     assert body.config == base.config and not any(isinstance(m, LoRALinear) for m in body.modules())
+    assert saved["crop_keeps"] == "last"  # so that a reader crops as the run did
     classifier = SequenceClassifier(body, 2, pooling=saved["pooling"])
     classifier.head.load_state_dict(saved["head"])
     task = finetune.make_task(finetune.parse_args([]))
-    ids = encode_texts(tokenizer.encode_ordinary, [e.text for e in task.test], 64, crop=True)
+    ids = encode_texts(tokenizer.encode_ordinary, [e.text for e in task.test], 64, crop=True, keep="last")
     assert accuracy(classifier, [(i, e.label) for i, e in zip(ids, task.test, strict=True)], 0) == record["accuracy"]
 
     # sft: chat tokens after the old ids, recorded in the checkpoint for dpo

@@ -1,8 +1,9 @@
 """Fine-tune a classifier on a labelled task cut from the plays (chapter 11), from a pretrained model.
 
-    python -m shared finetune --task real-or-shuffled --method full --out runs/task
-    python -m shared finetune --task who-speaks --init runs/cpu/checkpoint.pt --lora-rank 8 --out runs/lora
-    python -m shared finetune --task real-or-shuffled --method scratch --labels 200 --seed 1 --out runs/scratch
+    python -m shared finetune --method full --out runs/task
+    python -m shared finetune --task speech-end --init runs/cpu/checkpoint.pt --lora-rank 8 --out runs/lora
+    python -m shared finetune --method scratch --labels 200 --seed 1 --out runs/scratch
+    python -m shared finetune --task who-speaks --characters 2 --out runs/who
 
 The body is a language model (``--init CHECKPOINT``: one written by ``pretrain``, ``sft`` or chapter
 7; or ``--base chapter7|gpt2``, :func:`shared.base.load_base`) and a new linear head reads one vector
@@ -11,7 +12,9 @@ per text (:class:`shared.classify.SequenceClassifier`). ``--method`` says what t
 ``frozen`` (the head alone on the frozen body) or ``scratch`` (the same architecture with fresh random
 weights, everything trained: what pretraining is measured against). The examples come from the held-out
 tenth of Tiny Shakespeare that no pretraining read (:mod:`shared.tasks`), split by speech with a fixed
-seed, so every method and seed sees the same data. It prints and writes to ``--out`` the held-out
+seed, so every method and seed sees the same data. The default task, ``speech-end`` (chapter 11's: does
+the speech end here?), reads the end of a text, so a text longer than the model's context keeps its
+last tokens; the other tasks keep their first. It prints and writes to ``--out`` the held-out
 accuracy with the majority-class baseline (``history.json``) and the classifier (``classifier.pt``:
 the body, LoRA merged in, as a checkpoint of its class, with the head, the tokenizer and the class names).
 """
@@ -42,12 +45,13 @@ from shared.model import GPTModel
 from shared.runtime import pick_device
 from shared.settings import pick_setting
 from shared.shapes import shape_checks
-from shared.tasks import LabelledTask, real_or_shuffled_task, who_speaks_task
+from shared.tasks import LabelledTask, real_or_shuffled_task, speech_end_task, who_speaks_task
 
-__all__ = ["METHODS", "TASKS", "build_classifier", "build_parser", "main", "make_task", "parse_args"]
+__all__ = ["CROP_KEEPS", "METHODS", "TASKS", "build_classifier", "build_parser", "main", "make_task", "parse_args"]
 
 PROG = "python -m shared finetune"
-TASKS = ("real-or-shuffled", "who-speaks")
+TASKS = ("speech-end", "real-or-shuffled", "who-speaks")
+CROP_KEEPS = {"speech-end": "last", "real-or-shuffled": "first", "who-speaks": "first"}  # which end a long text keeps
 METHODS = ("full", "lora", "frozen", "scratch")
 TASK_SEED = 0  # the split is the same for every method and training seed: they compare on the same examples
 
@@ -57,10 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_start_options(parser, init_help="a checkpoint of a language model: pretrain's, sft's, or chapter 7's")
     task = parser.add_argument_group("the task (shared.tasks)")
-    task.add_argument("--task", choices=TASKS, default="real-or-shuffled",
-                      help="real-or-shuffled: a held-out speech or the same words shuffled (balanced); "
+    task.add_argument("--task", choices=TASKS, default="speech-end",
+                      help="speech-end: a whole held-out speech or the same speech cut after one of its lines "
+                           "(balanced; long texts keep their last tokens); "
+                           "real-or-shuffled: a held-out speech or the same words shuffled (balanced); "
                            "who-speaks: which of the --characters most frequent characters speaks it "
-                           "(default: real-or-shuffled)")
+                           "(default: speech-end)")
     task.add_argument("--characters", type=positive_int,
                       help="who-speaks: how many characters (classes), at least 2 (default: 4)")
     task.add_argument("--labels", type=positive_int,
@@ -97,8 +103,10 @@ def make_task(args: argparse.Namespace) -> LabelledTask:
         task = who_speaks_task(n_characters=4 if args.characters is None else args.characters, seed=TASK_SEED)
     elif args.characters is not None:
         raise ValueError("--characters is for --task who-speaks")
-    else:
+    elif args.task == "real-or-shuffled":
         task = real_or_shuffled_task(seed=TASK_SEED)
+    else:
+        task = speech_end_task(seed=TASK_SEED)
     if args.labels is not None:
         if args.labels > len(task.train):
             raise ValueError(f"--labels {args.labels}: the task has only {len(task.train)} training examples")
@@ -149,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     trainable, total = count_trainable(classifier)
 
     def encoded(examples):
-        ids = encode_texts(tokenizer.encode_ordinary, [e.text for e in examples], body.context_length, crop=True)
+        ids = encode_texts(tokenizer.encode_ordinary, [e.text for e in examples], body.context_length, crop=True,
+                           keep=CROP_KEEPS[args.task])
         return [(token_ids, e.label) for token_ids, e in zip(ids, examples, strict=True)]
 
     train_examples, test_examples = encoded(task.train), encoded(task.test)
@@ -170,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_counts": task.class_counts("train"),
         "test_counts": task.class_counts("test"),
         "majority_baseline": task.majority_baseline,
+        "crop_keeps": CROP_KEEPS[args.task],
         "accuracy": held_out,
         "method": method,
         "trainable_parameters": trainable,
@@ -183,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "history.json").write_text(json.dumps(record, indent=1))
     save_model(args.out / "classifier.pt", merged(classifier.body), tokenizer, head=classifier.head.state_dict(),
                stage="finetune", pooling=args.pooling, class_names=list(task.class_names), task=task.name,
-               accuracy=held_out)
+               crop_keeps=CROP_KEEPS[args.task], accuracy=held_out)
     print(f"held-out accuracy {held_out:.3f} (majority baseline {task.majority_baseline:.3f}) after {args.steps} "
           f"steps in {seconds:.1f} s | wrote {args.out}/history.json, classifier.pt")
     return 0
