@@ -5,7 +5,8 @@ that every notebook opens with the same setup cell, that it contains the ``REPO_
 README.md has an Open-in-Colab badge for every chapter; the tests here check what it does not: the URL
 is a GitHub repository, the setup cell names it once and clones exactly it, every Colab link in the
 README opens an existing notebook of that repository, and the cell's Colab branch really clones,
-installs and imports the course (in a throwaway virtual environment, offline).
+installs and imports the course (in a throwaway virtual environment, offline), does neither again
+when run again, and installs again after an install that was cut short.
 """
 
 import ast
@@ -256,6 +257,15 @@ def test_the_setup_cells_colab_branch_clones_installs_and_imports_the_course_onc
     assert marker.read_text() == "first run\n"
     assert (git("rev-parse", "HEAD", cwd=checkout), git("reflog", cwd=checkout)) == (head, reflog)
     assert (dist_info / "RECORD").stat().st_mtime_ns == installed
+
+    # An install cut short (the runtime stopped during pip, after the clone): pip writes the project's
+    # metadata last, so there is none. The next run installs again, and does not clone again.
+    shutil.rmtree(dist_info)
+    run_cell()
+    assert [json.loads(line) for line in commands.read_text().splitlines()] == [*logged, logged[1]]
+    assert marker.read_text() == "first run\n"
+    assert (git("rev-parse", "HEAD", cwd=checkout), git("reflog", cwd=checkout)) == (head, reflog)
+    assert len(list(venv_site.glob("build_a_gpt-*.dist-info"))) == 1, "the second install left no metadata"
 
     assert sorted(p.name for p in project_site.iterdir()) == project_site_before, "the project's venv changed"
 
