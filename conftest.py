@@ -79,3 +79,35 @@ def pytest_xdist_make_scheduler(config, log):
             return path
 
     return NotebookScheduling(config, log)
+
+
+# --- Where the suite's time goes: a table at the end of every run of more than a few tests ----------
+# DEVELOPERS.md gives `.ci/run` (install included) 10 minutes on 2 cores; this shows what to cut first.
+_SECONDS_BY_UNIT: dict[str, float] = {}
+_SHOWN_UNITS = 12
+
+
+def _time_unit(nodeid: str) -> str:
+    """What a test's time is charged to: its notebook or test file; each GPU smoke run on its own."""
+    path = nodeid.split("::", 1)[0]
+    if "test_the_gpu_setting_runs_top_to_bottom" in nodeid:
+        return f"{path}: GPU smoke run [{nodeid.rsplit('[', 1)[-1].rstrip(']')}]"
+    return path
+
+
+def pytest_runtest_logreport(report):
+    """Add up each test's setup, call and teardown (under pytest-xdist: on the controller, from every worker)."""
+    unit = _time_unit(report.nodeid)
+    _SECONDS_BY_UNIT[unit] = _SECONDS_BY_UNIT.get(unit, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if len(_SECONDS_BY_UNIT) < 2 * _SHOWN_UNITS:  # a run of a few files: nothing to plan
+        return
+    total = sum(_SECONDS_BY_UNIT.values())
+    terminalreporter.write_sep("-", "where the test time goes (seconds summed over workers)")
+    for unit, seconds in sorted(_SECONDS_BY_UNIT.items(), key=lambda item: -item[1])[:_SHOWN_UNITS]:
+        terminalreporter.write_line(f"{seconds:8.1f} s {seconds / total:6.1%}  {unit}")
+    rest, others = total - sum(sorted(_SECONDS_BY_UNIT.values())[-_SHOWN_UNITS:]), len(_SECONDS_BY_UNIT) - _SHOWN_UNITS
+    terminalreporter.write_line(f"{rest:8.1f} s {rest / total:6.1%}  the other {others} files")
+    terminalreporter.write_line(f"{total:8.1f} s in all")
