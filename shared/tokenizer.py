@@ -376,12 +376,17 @@ class BPETokenizer:
         Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path) -> "BPETokenizer":
-        state = json.loads(Path(path).read_text(encoding="utf-8"))
-        if state.get("format") != "build-a-gpt/bpe":
-            raise ValueError(f"{path} is not a tokenizer saved by BPETokenizer.save")
+    def from_dict(cls, state: dict, source: str = "this dict") -> "BPETokenizer":
+        """The tokenizer :meth:`to_dict` describes (``source`` names where ``state`` came from, for the error)."""
+        if not isinstance(state, dict) or state.get("format") != "build-a-gpt/bpe":
+            raise ValueError(f"{source} is not a tokenizer written by BPETokenizer.to_dict or BPETokenizer.save")
         merges = [tuple(m) for m in state["merges"]]
         return cls(state["byte_ids"], merges, state["special_tokens"], state["pattern"])
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BPETokenizer":
+        """Read a tokenizer written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")), source=str(path))
 
     def __repr__(self) -> str:
         specials = list(self.special_tokens)

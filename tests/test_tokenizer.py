@@ -1,3 +1,4 @@
+import json
 from collections import Counter
 from itertools import pairwise
 
@@ -217,6 +218,18 @@ def test_save_and_load_give_the_same_tokenizer(small_bpe, tmp_path):
     text = tiny_shakespeare()[50_000:60_000] + ENDOFTEXT
     assert loaded.encode(text) == small_bpe.encode(text)
     assert loaded.merges == small_bpe.merges and loaded.special_tokens == small_bpe.special_tokens
+
+
+def test_from_dict_inverts_to_dict_and_refuses_anything_else(small_bpe):
+    state = json.loads(json.dumps(small_bpe.to_dict()))  # as stored: merges become lists
+    rebuilt = BPETokenizer.from_dict(state)
+    assert rebuilt.merges == small_bpe.merges and rebuilt.byte_ids == small_bpe.byte_ids
+    assert rebuilt.special_tokens == small_bpe.special_tokens and rebuilt.pattern == small_bpe.pattern
+    text = tiny_shakespeare()[70_000:75_000] + ENDOFTEXT
+    assert rebuilt.encode(text) == small_bpe.encode(text)
+    for bad in ({**state, "format": "something/else"}, {"merges": state["merges"]}):
+        with pytest.raises(ValueError, match="the checkpoint's tokenizer is not a tokenizer written by"):
+            BPETokenizer.from_dict(bad, source="the checkpoint's tokenizer")
 
 
 def test_a_trained_tokenizer_feeds_a_dataloader(small_bpe):

@@ -75,9 +75,7 @@ def fail(prog: str, message: object) -> int:
 
 def _tokenizer_from(state: dict, path: Path) -> tuple[BPETokenizer, str]:
     if "tokenizer" in state:
-        saved = json.loads(state["tokenizer"])
-        merges = [tuple(m) for m in saved["merges"]]
-        return BPETokenizer(saved["byte_ids"], merges, saved["special_tokens"], saved["pattern"]), "its tokenizer"
+        return BPETokenizer.from_dict(json.loads(state["tokenizer"]), source=f"{path}'s tokenizer"), "its tokenizer"
     vocab_size = state["model_config"]["vocab_size"]
     return shakespeare_bpe(vocab_size), f"chapter 1's BPE of {vocab_size} tokens (the checkpoint records none)"
 
