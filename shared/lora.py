@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from shared.shapes import strict_matmul
 
-__all__ = ["LoRALinear", "apply_lora", "count_trainable", "merge_lora", "unmerge_lora"]
+__all__ = ["LoRALinear", "apply_lora", "count_trainable", "merge_and_unwrap", "merge_lora", "unmerge_lora"]
 
 
 class LoRALinear(nn.Module):
@@ -153,4 +153,19 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
         raise RuntimeError("unmerge_lora: some LoRA layers are not merged; call merge_lora(model) first")
     for layer in layers:
         layer.unmerge()
+    return model
+
+
+def merge_and_unwrap(model: nn.Module) -> nn.Module:
+    """``model`` with every LoRA update folded into its weight and every :class:`LoRALinear` replaced by
+    its plain ``nn.Linear`` (peft calls this ``merge_and_unload``): the original architecture again, whose
+    ``state_dict`` a fresh model of its class loads. In place; returns ``model``, unchanged if it has no
+    LoRA layers. The adapters are gone afterwards, so there is no unmerging: keep a copy to go back."""
+    names = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
+    for name in names:
+        layer = model.get_submodule(name)
+        if not layer.merged:
+            layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.base)
     return model

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from shared.llama import LlamaConfig, LlamaModel
-from shared.lora import LoRALinear, apply_lora, count_trainable, merge_lora, unmerge_lora
+from shared.lora import LoRALinear, apply_lora, count_trainable, merge_and_unwrap, merge_lora, unmerge_lora
 from shared.model import GPTConfig, GPTModel
 from shared.train.loop import cross_entropy
 
@@ -186,6 +186,47 @@ def test_agrees_with_peft(kind):
     for name, layer in lora_layers(ours).items():
         torch.testing.assert_close(layer.base.weight, plain.get_submodule(name).weight, rtol=0, atol=1e-6)
     torch.testing.assert_close(ours(x), plain(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("merged_first", [False, True])
+def test_merge_and_unwrap_gives_back_the_architecture_with_peft_s_merged_weights(kind, merged_first):
+    base, targets = build(kind)
+    wrapped = apply_lora(copy.deepcopy(base), targets, rank=4, alpha=12)
+    randomize_b(wrapped)
+    adapters = {name: (layer.lora_A.clone(), layer.lora_B.clone()) for name, layer in lora_layers(wrapped).items()}
+    x = tokens()
+    with torch.no_grad():
+        expected = wrapped(x)
+    if merged_first:  # a model already merged with merge_lora unwraps the same
+        merge_lora(wrapped)
+    plain = merge_and_unwrap(wrapped)
+    assert plain is wrapped and not lora_layers(plain)
+    assert all(type(plain.get_submodule(name)) is nn.Linear for name in adapters)
+    fresh = type(base)(base.config).eval()
+    fresh.load_state_dict(plain.state_dict())  # strict: the original architecture's names, nothing more
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), expected, rtol=0, atol=1e-5)
+    peft = pytest.importorskip("peft")
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=12, target_modules=targets, lora_dropout=0.0)
+    )
+    with torch.no_grad():
+        for name, (lora_a, lora_b) in adapters.items():
+            peft_layer = theirs.base_model.model.get_submodule(name)
+            peft_layer.lora_A["default"].weight.copy_(lora_a)
+            peft_layer.lora_B["default"].weight.copy_(lora_b)
+    unloaded = theirs.merge_and_unload().state_dict()
+    assert set(unloaded) == set(plain.state_dict())
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(value, unloaded[name], rtol=0, atol=1e-6)
+
+
+def test_merge_and_unwrap_leaves_a_model_without_lora_as_it_is():
+    base, _ = build("gpt")
+    before = {name: value.clone() for name, value in base.state_dict().items()}
+    assert merge_and_unwrap(base) is base
+    assert all(torch.equal(value, before[name]) for name, value in base.state_dict().items())
 
 
 def test_shared_never_imports_peft_or_transformers():

@@ -34,13 +34,12 @@ from shared.cli.models import (
     check_lora_options,
     fail,
     lora_from_args,
-    merged,
     read_model,
     save_model,
 )
 from shared.conversations import play_conversations
 from shared.dpo import log_ratios, preference_pairs, train_dpo
-from shared.lora import count_trainable
+from shared.lora import count_trainable, merge_and_unwrap
 from shared.runtime import pick_device
 from shared.sft import response_loss
 from shared.shapes import shape_checks
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "history.json").write_text(json.dumps(record, indent=1))
-    save_model(args.out / "checkpoint.pt", merged(policy), tokenizer, stage="dpo", beta=args.beta)
+    save_model(args.out / "checkpoint.pt", merge_and_unwrap(policy), tokenizer, stage="dpo", beta=args.beta)
     print(f"held out: the real reply gained more than the rejected one in {prefers:.3f} of {len(heldout_pairs)} "
           f"pairs | log-ratio to the reference: chosen {chosen.mean():+.3f}, rejected {rejected.mean():+.3f} nats | "
           f"response loss "

@@ -36,11 +36,10 @@ from shared.cli.models import (
     fail,
     load_start,
     lora_from_args,
-    merged,
     save_model,
 )
 from shared.llama import LlamaModel
-from shared.lora import count_trainable
+from shared.lora import count_trainable, merge_and_unwrap
 from shared.model import GPTModel
 from shared.runtime import pick_device
 from shared.settings import pick_setting
@@ -191,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "history.json").write_text(json.dumps(record, indent=1))
-    save_model(args.out / "classifier.pt", merged(classifier.body), tokenizer, head=classifier.head.state_dict(),
+    body = merge_and_unwrap(classifier.body)
+    save_model(args.out / "classifier.pt", body, tokenizer, head=classifier.head.state_dict(),
                stage="finetune", pooling=args.pooling, class_names=list(task.class_names), task=task.name,
                crop_keeps=CROP_KEEPS[args.task], accuracy=held_out)
     print(f"held-out accuracy {held_out:.3f} (majority baseline {task.majority_baseline:.3f}) after {args.steps} "

@@ -23,7 +23,7 @@ from shared.base import BASES, chapter7_is_complete, load_base
 from shared.cli.args import positive_float, positive_int, rate
 from shared.corpus import shakespeare_bpe
 from shared.llama import LlamaConfig, LlamaModel
-from shared.lora import LoRALinear, apply_lora, merge_lora
+from shared.lora import apply_lora
 from shared.model import GPTConfig, GPTModel
 from shared.settings import Setting
 from shared.tokenizer import BPETokenizer
@@ -38,7 +38,6 @@ __all__ = [
     "fail",
     "load_start",
     "lora_from_args",
-    "merged",
     "read_model",
     "record_tokenizer",
     "save_model",
@@ -197,14 +196,3 @@ def lora_from_args(model: nn.Module, args: argparse.Namespace, kind: str) -> nn.
     return apply_lora(model, targets, rank=args.lora_rank, alpha=alpha, dropout=args.lora_dropout or 0.0)
 
 
-def merged(model: nn.Module) -> nn.Module:
-    """``model`` with its LoRA updates folded into the weights and every ``LoRALinear`` replaced by its
-    plain ``nn.Linear``: a model of the original class that any stage can load. In place; returns ``model``."""
-    layers = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
-    if layers:
-        merge_lora(model)
-    for name in layers:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, getattr(parent, child).base)
-    return model

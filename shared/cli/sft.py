@@ -33,11 +33,10 @@ from shared.cli.models import (
     fail,
     load_start,
     lora_from_args,
-    merged,
     save_model,
 )
 from shared.conversations import play_conversations
-from shared.lora import count_trainable
+from shared.lora import count_trainable, merge_and_unwrap
 from shared.runtime import pick_device
 from shared.settings import pick_setting
 from shared.sft import response_loss, train_sft
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "history.json").write_text(json.dumps(record, indent=1))
-    save_model(args.out / "checkpoint.pt", merged(model), tokenizer, stage="sft", heldout_response_loss=after)
+    save_model(args.out / "checkpoint.pt", merge_and_unwrap(model), tokenizer, stage="sft", heldout_response_loss=after)
     print(f"held-out response loss {after:.3f} nats per token (before: {before:.3f}) after {args.steps} steps in "
           f"{seconds:.1f} s | wrote {args.out}/checkpoint.pt, history.json")
     return 0
