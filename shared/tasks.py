@@ -263,8 +263,10 @@ def speech_end_task(seed: int = 0, test_fraction: float = 0.3, corpus: str | Non
     (in the corpus a blank line follows: the speech is over), and the speaker line with its first k
     lines and a line break, k drawn uniformly from 1 to n - 1 for a speech of n lines (another line
     follows). The cut example is therefore a prefix of the whole one, and both end on a line break, so
-    only what the last line says, and how, tells them apart. The split is by speech: a speech and its
-    cut are on the same side, next to each other, so any even-length prefix of a list is balanced.
+    what the last line says, and how, tells them apart, and so does length: a cut is always shorter than
+    its whole speech (a cue a classifier can read from the cropped text's length). The split is by speech:
+    a speech and its cut are on the same side, next to each other, so any even-length prefix of a list is
+    balanced.
 
     The end of a text is what this task reads: crop long texts from the end
     (``shared.classify.encode_texts(..., crop=True, keep="last")``).

@@ -105,7 +105,7 @@ WRONG_ANSWERS = {
     "11.2": [unscaled, update_only, no_bias],
     "11.3": [one_block_only, full_matrices, as_if_square, with_the_courses_count],
     "11.4": [(merge_unscaled, unmerge), (merge, unmerge_adds_again), merge],
-    "11.5": [{"a"}, {"a", "b", "c"}, {"c", "e"}],
+    "11.5": [{"a", "c"}, {"a", "b", "c", "d"}, {"c", "e"}],
 }
 
 RIGHT_ANSWERS = {
@@ -113,7 +113,7 @@ RIGHT_ANSWERS = {
     "11.2": lora_layer_output,
     "11.3": lora_parameter_count,
     "11.4": (merge, unmerge),
-    "11.5": {"a", "c"},
+    "11.5": {"a", "c", "d"},
 }
 
 
@@ -145,7 +145,7 @@ def test_the_stub_is_not_attempted(number):
     ("11.3", with_the_courses_count, "course's own"),
     ("11.4", (merge_unscaled, unmerge), "needs LoRA's scale"),
     ("11.4", (merge, unmerge_adds_again), "unmerge(merge(W)) is not W"),
-    ("11.5", {"a"}, "1 of your 5 verdicts"),
+    ("11.5", {"a", "c"}, "1 of your 5 verdicts"),
 ])
 def test_wrong_answers_get_a_hint_that_names_the_mistake(number, answer, hint):
     result = check(number, answer, quiet=True)
@@ -156,4 +156,4 @@ def test_hints_never_give_the_answer_away():
     message = check("11.3", full_matrices, quiet=True).message
     right = lora_parameter_count(*shared.exercises.ch11._COUNT_CASES[0])
     assert str(right) not in message
-    assert "a and c" not in check("11.5", {"a", "b"}, quiet=True).message
+    assert "a, c and d" not in check("11.5", {"a", "b"}, quiet=True).message
