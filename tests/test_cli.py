@@ -362,6 +362,17 @@ def test_every_stage_runs_chained_on_one_tiny_model(tmp_path, monkeypatch):
     record = json.loads((tmp_path / "sft" / "history.json").read_text())
     assert len(record["step_losses"]) == 2 and 0 < record["heldout_response_loss"] < 10
 
+    # sft with LoRA: by default the output head is adapted too, so the end-of-turn row (which starts as the
+    # mean of the old rows) trains; with attention alone it stays where it started and no reply ever ends
+    start_row = base.out_head.weight.mean(dim=0)
+    for name, targets in [("lora", []), ("lora-attention", ["--lora-targets", "qkv", "out_proj"])]:
+        code, _, err = run("sft", "--init", str(pre), "--lora-rank", "2", *targets, "--steps", "2", "--batch-size",
+                           "4", "--conversations", "40", "--device", "cpu", "--quiet", "--out", str(tmp_path / name))
+        assert code == 0, err
+        (lora_tuned, _, _), _ = models.read_model(tmp_path / name / "checkpoint.pt")
+        end_row = lora_tuned.out_head.weight[chat_tokenizer.special_tokens[CHAT_TOKENS[1]]]
+        assert torch.allclose(end_row, start_row, atol=1e-6) == (name == "lora-attention"), name
+
     # dpo: from the SFT checkpoint, against a frozen copy of it: the first loss is log 2 (policy == reference)
     code, _, err = run("dpo", "--init", str(pre))
     assert code == 2 and "--init must be written by `sft`" in err

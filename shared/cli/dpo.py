@@ -29,6 +29,7 @@ import torch
 from shared.chat import chat_token_ids
 from shared.cli.args import non_negative_int, positive_float, positive_int
 from shared.cli.models import (
+    CHAT_LORA_TARGETS,
     add_lora_options,
     add_start_options,
     check_lora_options,
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=positive_float, default=1e-4, help="AdamW learning rate (default: 0.0001)")
     run.add_argument("--seed", type=non_negative_int, default=0,
                      help="seed of the rejected replies' draw, the batch order and the LoRA matrices (default: 0)")
-    add_lora_options(parser, "train LoRA adapters of this rank instead of every weight")
+    add_lora_options(parser, "train LoRA adapters of this rank instead of every weight", CHAT_LORA_TARGETS)
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=Path("runs/dpo"),
                      help="folder for checkpoint.pt and history.json (default: runs/dpo)")
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     if args.lora_rank is not None:
         try:
-            lora_from_args(policy, args, type(policy).__name__)
+            lora_from_args(policy, args, type(policy).__name__, CHAT_LORA_TARGETS)
         except (ValueError, TypeError) as e:
             return fail(PROG, e)
     trainable, total = count_trainable(policy)

@@ -27,6 +27,7 @@ import torch
 from shared.chat import CHAT_TOKENS, chat_token_ids, encode_chats, grow_vocabulary, with_chat_tokens
 from shared.cli.args import non_negative_float, non_negative_int, positive_float, positive_int
 from shared.cli.models import (
+    CHAT_LORA_TARGETS,
     add_lora_options,
     add_start_options,
     check_lora_options,
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="AdamW weight decay (default: 0)")
     run.add_argument("--seed", type=non_negative_int, default=0,
                      help="seed of the batch order, dropout and the LoRA matrices (default: 0)")
-    add_lora_options(parser, "train LoRA adapters of this rank instead of every weight")
+    add_lora_options(parser, "train LoRA adapters of this rank instead of every weight", CHAT_LORA_TARGETS)
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=Path("runs/sft"),
                      help="folder for checkpoint.pt and history.json (default: runs/sft)")
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     if args.lora_rank is not None:
         try:
-            lora_from_args(model, args, type(model).__name__)
+            lora_from_args(model, args, type(model).__name__, CHAT_LORA_TARGETS)
         except (ValueError, TypeError) as e:
             return fail(PROG, e)
     trainable, total = count_trainable(model)
