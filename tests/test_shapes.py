@@ -50,6 +50,30 @@ def test_wrong_shape_error_names_the_dimension():
     assert len(ds) == 4
 
 
+def test_a_submodule_imported_on_first_use_is_still_shape_checked():
+    """``import shared`` imports no submodule; the one imported later, alone, is under the hook all the same
+    (the command-line program, ``shared.cli``, is not)."""
+    code = """
+import sys
+import shared
+assert not [m for m in sys.modules if m.startswith("shared.")], sorted(sys.modules)
+import torch
+from jaxtyping import TypeCheckError
+from shared.datasets import NextTokenDataset
+try:
+    NextTokenDataset(torch.arange(20).reshape(4, 5), context_length=4)
+except TypeCheckError as e:
+    print("checked:", "token_ids" in str(e))
+print("loaded:", sorted(m for m in sys.modules if m.startswith("shared.")))
+print("cli instrumented:", any(getattr(f, "modules", None) and any(m.startswith("shared.cli") for m in f.modules)
+                               for f in sys.meta_path))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "checked: True" in out, out
+    assert "'shared.model'" not in out and "'shared.exercises'" not in out, out  # only what datasets needs
+    assert "cli instrumented: False" in out, out
+
+
 def test_checks_can_be_switched_off_and_on():
     assert shape_checks_enabled()
     set_shape_checks(False)

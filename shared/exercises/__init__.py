@@ -116,7 +116,7 @@ def exercise(number: str, title: str, *, level: int | None = None, minutes: int 
 def badge(number: str) -> str:
     """The line under an exercise's heading: its difficulty and expected time, e.g.
     ``*★★☆ practice · about 10 minutes*``."""
-    _load_all()
+    _load_chapter(number)
     found = _REGISTRY[number]
     if found.level is None or found.minutes is None:
         raise ValueError(f"exercise {number} has no level or minutes: give both to @exercise")
@@ -265,6 +265,14 @@ def _load_all() -> None:
                 raise
 
 
+def _load_chapter(number: str) -> None:
+    """Register the checkers of exercise ``number``'s chapter ("7.2": ``ch07``), and only those."""
+    chapter = number.split(".", 1)[0]
+    name = f"ch{int(chapter):02d}" if chapter.isdigit() else ""
+    if name in _CHAPTER_MODULES:
+        importlib.import_module(f"shared.exercises.{name}")
+
+
 def registered() -> dict[str, str]:
     """Every exercise's number and title, in order."""
     _load_all()
@@ -279,8 +287,9 @@ def check(number: str, answer: object, *, quiet: bool = False) -> Result:
     traceback. A stub (``...``, ``None``, or a function that raises ``NotImplementedError``) is
     "not attempted".
     """
-    _load_all()
+    _load_chapter(number)
     if number not in _REGISTRY:
+        _load_all()
         raise KeyError(f"there is no exercise {number}; the exercises are {list(registered())}")
     if _not_attempted(answer):
         result = Result(number, "not attempted", "Replace the ... with your answer, then run this cell again.")
@@ -307,4 +316,3 @@ def check(number: str, answer: object, *, quiet: bool = False) -> Result:
     return result
 
 
-_load_all()  # register every chapter's checkers (under the package's shape-checking import hook)
