@@ -78,13 +78,20 @@ class Example:
 
 @dataclass(frozen=True)
 class LabelledTask:
-    """A classification task: examples to train on and to test on, and the names of the classes
-    (``class_names[label]``)."""
+    """A classification task: examples to train on and to test on, the names of the classes
+    (``class_names[label]``), and which end of a text longer than a classifier's context it reads:
+    ``keep`` is ``"first"`` (the start) or ``"last"`` (the end), as ``shared.classify.encode_texts``
+    takes it, so that every reader of the task crops its texts the same way."""
 
     name: str
     class_names: tuple[str, ...]
     train: list[Example]
     test: list[Example]
+    keep: str = "first"
+
+    def __post_init__(self) -> None:
+        if self.keep not in ("first", "last"):
+            raise ValueError(f"keep must be 'first' (read a long text's start) or 'last' (its end), got {self.keep!r}")
 
     def class_counts(self, split: str = "train") -> list[int]:
         """How many examples of each class ``split`` ("train" or "test") holds."""
@@ -268,8 +275,8 @@ def speech_end_task(seed: int = 0, test_fraction: float = 0.3, corpus: str | Non
     a speech and its cut are on the same side, next to each other, so any even-length prefix of a list is
     balanced.
 
-    The end of a text is what this task reads: crop long texts from the end
-    (``shared.classify.encode_texts(..., crop=True, keep="last")``).
+    The end of a text is what this task reads: its ``keep`` is ``"last"``, so long texts are cropped from
+    the end (``shared.classify.encode_texts(..., crop=True, keep=task.keep)``).
     """
     _check_fraction(test_fraction)
     speeches = [s for s in held_out_speeches(corpus) if "\n" in s.text]
@@ -286,4 +293,5 @@ def speech_end_task(seed: int = 0, test_fraction: float = 0.3, corpus: str | Non
             examples += [Example(whole, 1, s.start), Example(cut, 0, s.start)]
         return examples
 
-    return LabelledTask("does the speech end here?", ("continues", "ends"), pairs(train_speeches), pairs(test_speeches))
+    return LabelledTask("does the speech end here?", ("continues", "ends"), pairs(train_speeches), pairs(test_speeches),
+                        keep="last")

@@ -224,8 +224,9 @@ def test_tuning_stages_absent_options_take_their_defaults_and_given_ones_replace
     task = finetune.make_task(finetune.parse_args([]))  # does the speech end here? every example
     assert task.class_names == ("continues", "ends") and len(task.train) == 624
     assert finetune.make_task(finetune.parse_args(["--task", "real-or-shuffled"])).class_names == ("shuffled", "real")
-    assert set(finetune.CROP_KEEPS) == set(finetune.TASKS) and finetune.CROP_KEEPS["speech-end"] == "last"
-    assert len(finetune.make_task(finetune.parse_args(["--labels", "40"])).train) == 40
+    assert task.keep == "last" and finetune.make_task(finetune.parse_args(["--task", "who-speaks"])).keep == "first"
+    cut = finetune.make_task(finetune.parse_args(["--labels", "40"]))
+    assert len(cut.train) == 40 and cut.keep == "last"  # cutting the labels keeps the task's crop
     assert len(finetune.make_task(finetune.parse_args(["--task", "who-speaks"])).class_names) == 4
     assert len(finetune.make_task(finetune.parse_args(["--task", "who-speaks", "--characters", "2"])).class_names) == 2
     for name in ("finetune", "sft", "dpo"):
@@ -349,7 +350,7 @@ def test_every_stage_runs_chained_on_one_tiny_model(tmp_path, monkeypatch):
     classifier = SequenceClassifier(body, 2, pooling=saved["pooling"])
     classifier.head.load_state_dict(saved["head"])
     task = finetune.make_task(finetune.parse_args([]))
-    ids = encode_texts(tokenizer.encode_ordinary, [e.text for e in task.test], 64, crop=True, keep="last")
+    ids = encode_texts(tokenizer.encode_ordinary, [e.text for e in task.test], 64, crop=True, keep=saved["crop_keeps"])
     assert accuracy(classifier, [(i, e.label) for i, e in zip(ids, task.test, strict=True)], 0) == record["accuracy"]
 
     # sft: chat tokens after the old ids, recorded in the checkpoint for dpo

@@ -40,7 +40,7 @@ def setup():
     tokenizer = base.tokenizer
 
     def encode(examples):
-        ids = encode_texts(tokenizer.encode, [e.text for e in examples], CROP, crop=True, keep="last")
+        ids = encode_texts(tokenizer.encode, [e.text for e in examples], CROP, crop=True, keep=task.keep)
         return [(i, e.label) for i, e in zip(ids, examples, strict=True)]
 
     return base.model, task, encode(task.train), encode(task.test), tokenizer.encode("\n")[0]

@@ -241,3 +241,10 @@ def test_majority_baseline_by_hand():
     assert (task.majority_class, task.majority_baseline) == (2, 0.25)
     with pytest.raises(ValueError, match="'train' or 'test'"):
         task.class_counts("val")
+
+
+def test_each_task_says_which_end_of_a_long_text_it_reads(tasks):
+    # speech-end is told apart by how a text ends; the others read a speech from its start.
+    assert {name: task.keep for name, task in tasks.items()} == {"who": "first", "shuffled": "first", "end": "last"}
+    with pytest.raises(ValueError, match=r"'first' .* or 'last'"):
+        LabelledTask("toy", ("a", "b"), [], [], keep="end")

@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,11 +47,10 @@ from shared.settings import pick_setting
 from shared.shapes import shape_checks
 from shared.tasks import LabelledTask, real_or_shuffled_task, speech_end_task, who_speaks_task
 
-__all__ = ["CROP_KEEPS", "METHODS", "TASKS", "build_classifier", "build_parser", "main", "make_task", "parse_args"]
+__all__ = ["METHODS", "TASKS", "build_classifier", "build_parser", "main", "make_task", "parse_args"]
 
 PROG = "python -m shared finetune"
 TASKS = ("speech-end", "real-or-shuffled", "who-speaks")
-CROP_KEEPS = {"speech-end": "last", "real-or-shuffled": "first", "who-speaks": "first"}  # which end a long text keeps
 METHODS = ("full", "lora", "frozen", "scratch")
 TASK_SEED = 0  # the split is the same for every method and training seed: they compare on the same examples
 
@@ -109,7 +109,7 @@ def make_task(args: argparse.Namespace) -> LabelledTask:
     if args.labels is not None:
         if args.labels > len(task.train):
             raise ValueError(f"--labels {args.labels}: the task has only {len(task.train)} training examples")
-        task = LabelledTask(task.name, task.class_names, task.train[: args.labels], task.test)
+        task = replace(task, train=task.train[: args.labels])
     return task
 
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def encoded(examples):
         ids = encode_texts(tokenizer.encode_ordinary, [e.text for e in examples], body.context_length, crop=True,
-                           keep=CROP_KEEPS[args.task])
+                           keep=task.keep)
         return [(token_ids, e.label) for token_ids, e in zip(ids, examples, strict=True)]
 
     train_examples, test_examples = encoded(task.train), encoded(task.test)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_counts": task.class_counts("train"),
         "test_counts": task.class_counts("test"),
         "majority_baseline": task.majority_baseline,
-        "crop_keeps": CROP_KEEPS[args.task],
+        "crop_keeps": task.keep,
         "accuracy": held_out,
         "method": method,
         "trainable_parameters": trainable,
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     body = merge_and_unwrap(classifier.body)
     save_model(args.out / "classifier.pt", body, tokenizer, head=classifier.head.state_dict(),
                stage="finetune", pooling=args.pooling, class_names=list(task.class_names), task=task.name,
-               crop_keeps=CROP_KEEPS[args.task], accuracy=held_out)
+               crop_keeps=task.keep, accuracy=held_out)
     print(f"held-out accuracy {held_out:.3f} (majority baseline {task.majority_baseline:.3f}) after {args.steps} "
           f"steps in {seconds:.1f} s | wrote {args.out}/history.json, classifier.pt")
     return 0
