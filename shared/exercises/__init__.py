@@ -314,5 +314,3 @@ def check(number: str, answer: object, *, quiet: bool = False) -> Result:
     if not quiet:
         print(result)
     return result
-
-
