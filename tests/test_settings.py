@@ -3,7 +3,15 @@ import os
 import pytest
 
 from shared.model import GPT_CPU, GPTModel, count_parameters
-from shared.settings import GPT_GPU, SETTING_VARIABLE, SMOKE_STEPS, SMOKE_VARIABLE, llama_like, pick_setting
+from shared.settings import (
+    GPT_GPU,
+    SETTING_VARIABLE,
+    SMOKE_STEPS,
+    SMOKE_VARIABLE,
+    llama_like,
+    pick_setting,
+    smoke_model,
+)
 
 
 def test_the_default_follows_the_device_and_the_variable_overrides_it(monkeypatch):
@@ -29,7 +37,12 @@ def test_smoke_runs_cut_every_long_loop(monkeypatch, value, smoke):
         if smoke:
             assert setting.run.max_steps == SMOKE_STEPS and setting.ablation_steps == SMOKE_STEPS
             assert setting.batch_size <= 8 and setting.cap(1_000) == SMOKE_STEPS and setting.cap(2) == 2
-            assert setting.gpt == full.gpt  # the same model, only less work
+            # the same model's structure (heads, context, vocabulary, dropout), smaller: 8 dimensions a head, 2 blocks
+            assert setting.gpt == smoke_model(full.gpt) != full.gpt
+            assert setting.gpt.emb_dim == 8 * full.gpt.n_heads and setting.gpt.n_layers == 2
+            kept = ("n_heads", "context_length", "vocab_size", "drop_rate", "qkv_bias", "tie_weights")
+            assert all(getattr(setting.gpt, field) == getattr(full.gpt, field) for field in kept)
+            assert setting.llama == llama_like(setting.gpt)
             assert setting.checkpoint_path().name == f"ch07_gpt_{name}_smoke.pt"  # never overwrites a real one
         else:
             assert setting == full and setting.cap(1_000) == 1_000
@@ -68,3 +81,12 @@ def test_the_device_variable_forces_a_device_and_refuses_one_the_machine_lacks(m
     monkeypatch.delenv(DEVICE_VARIABLE)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert pick_device() == torch.device("cpu")
+
+
+@pytest.mark.parametrize("smoke", [False, True])
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_the_capstone_stops_where_chapter_7_evaluated_its_gpt(name, smoke):
+    setting = pick_setting(name=name, smoke=smoke)
+    # Chapter 9 compares its Llama with chapter 7's evaluation of the GPT at the same step of the same run.
+    assert 0 < setting.capstone_steps <= setting.run.max_steps
+    assert setting.capstone_steps % setting.run.eval_every == 0
