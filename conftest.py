@@ -59,8 +59,9 @@ def pytest_xdist_make_scheduler(config, log):
     nbval runs a notebook's cells one after another in a single kernel, so they must not be spread
     over workers (``--dist load``). Chapter 8 loads the checkpoint chapter 7 writes, so those two
     chapters form one unit, with chapter 7 first: from a fresh clone, chapter 8 would otherwise
-    train a stand-in and its outputs would not match the stored ones. Every other test is a unit of
-    its own, except in ONE_WORKER_FILES, whose module-scoped fixtures are too slow to build twice.
+    train a stand-in and its outputs would not match the stored ones. The GPU setting's smoke runs form
+    one unit too: they share one kernel (tests/test_notebooks.py). Every other test is a unit of its
+    own, except in ONE_WORKER_FILES, whose module-scoped fixtures are too slow to build twice.
     (``--dist loadgroup`` would say this with marks, but it loses its groups on pytest >= 9.2.)
     """
     from xdist.scheduler import LoadScopeScheduling
@@ -72,6 +73,8 @@ def pytest_xdist_make_scheduler(config, log):
             path = nodeid.split("::", 1)[0]
             if path in ONE_WORKER_FILES:
                 return path
+            if "test_the_gpu_setting_runs_top_to_bottom_on_the_cpu" in nodeid:
+                return "GPU smoke runs"  # one kernel for all of them (tests/test_notebooks.py), in order
             if not path.endswith(".ipynb"):
                 return nodeid
             if path.startswith(("notebooks/07_", "notebooks/08_")):

@@ -135,7 +135,7 @@ def _cpu() -> Setting:
         ablation_batch=8,
         ablation_seeds=3,
         # Chapter 9's capstone: the Llama trains the first 150 of chapter 7's 300 steps (the same batches and
-        # schedule), about 75 s on one core instead of 150 s for the whole run, and is compared with chapter 7's GPT
+        # schedule), 70-74 s on one core instead of 169 s for the whole run, and is compared with chapter 7's GPT
         # at step 150 (its evaluation there) and after all 300 steps. Measured before choosing: at step 150 the
         # Llama's validation loss was 3.773 nats per token against the GPT's 4.133, and its 2.433 bits per character
         # were already below the GPT's 2.487 after the whole run (2.273 for the Llama after all 300 steps).

@@ -113,19 +113,44 @@ def test_readme_lists_every_chapter_with_a_colab_badge():
 SWITCHED = [p for p in NOTEBOOKS if "pick_setting(" in p.read_text(encoding="utf-8")]
 
 
+@pytest.fixture(scope="module")
+def smoke_kernel():
+    """One kernel, started with the GPU setting at smoke scale, for every smoke run below.
+
+    Each run starts by clearing the kernel's namespace (``%reset -f``), so every notebook must define and import
+    everything it uses, as in a fresh kernel; what survives is what a fresh kernel would only rebuild: imported
+    modules (torch, matplotlib, transformers, torch._dynamo: 5 s or more per notebook) and caches of read data.
+    conftest.py keeps these tests on one worker, in order (chapter 8's smoke run reads chapter 7's checkpoint).
+    """
+    import os
+
+    from jupyter_client.manager import KernelManager
+
+    manager = KernelManager(kernel_name="python3")
+    env = {**os.environ, "BUILD_A_GPT_SETTING": "gpu", "BUILD_A_GPT_SMOKE": "1"}
+    manager.start_kernel(cwd=str(ROOT / "notebooks"), env=env)
+    yield manager
+    manager.shutdown_kernel(now=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", SWITCHED, ids=lambda p: p.stem)
-def test_the_gpu_setting_runs_top_to_bottom_on_the_cpu(path, monkeypatch):
+def test_the_gpu_setting_runs_top_to_bottom_on_the_cpu(path, smoke_kernel):
     """The GPU path, at smoke scale: every cell must run (outputs are not compared)."""
     import nbformat
     from nbclient import NotebookClient
 
     assert SWITCHED, "no notebook has a setting switch"
-    monkeypatch.setenv("BUILD_A_GPT_SETTING", "gpu")
-    monkeypatch.setenv("BUILD_A_GPT_SMOKE", "1")
+    if not smoke_kernel.is_alive():  # a previous notebook killed it
+        smoke_kernel.restart_kernel(now=True)
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
+    # A clean namespace first (the kernel ran other notebooks before), then the notebook as it is.
+    nb.cells.insert(0, nbformat.v4.new_code_cell('get_ipython().run_line_magic("reset", "-f")\n'
+                                                 'import matplotlib.pyplot\nmatplotlib.pyplot.close("all")'))
+    NotebookClient(nb, km=smoke_kernel, timeout=600, allow_errors=True,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
+    assert not nb.cells[0].outputs, f"clearing the shared kernel failed: {nb.cells[0].outputs}"
+    del nb.cells[0]
     assert "gpu setting (smoke test)" in "".join(
         "".join(o.get("text", "")) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
     ).lower(), f"{path.name} did not choose the GPU setting"
