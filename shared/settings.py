@@ -126,7 +126,7 @@ def _cpu() -> Setting:
         batch_size=64,
         stride=GPT_CPU.context_length // 2,
         run=run,
-        # Chapter 9: 5 models x 3 seeds of 80 steps of 8 windows, about 6 s a run on one busy core. With 16 windows
+        # Chapter 9: 5 models x 3 seeds of 80 steps of 8 windows, 5-7 s a run on one busy core. With 16 windows
         # (twice the compute) the same seeds gave the same verdicts on RoPE (better in every seed) and SwiGLU (worse
         # in every seed); RMSNorm's tiny change flipped sign (+0.010 with 16, -0.005 with 8 bits per character), no
         # difference that matters either way. The GPT ends at 3.44 bits per character (3.26 with 16 windows) on the
