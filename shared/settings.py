@@ -130,7 +130,7 @@ def _cpu() -> Setting:
         # (twice the compute) the same seeds gave the same verdicts on RoPE (better in every seed) and SwiGLU (worse
         # in every seed); RMSNorm's tiny change flipped sign (+0.010 with 16, -0.005 with 8 bits per character), no
         # difference that matters either way. The GPT ends at 3.44 bits per character (3.26 with 16 windows) on the
-        # whole validation text; the chapter scores every run on its first 20,000 characters (3.43), in a fifth of the
+        # whole validation text; the chapter scores every run on its first 20,000 characters (3.425), in a fifth of the
         # time, with every seed-by-seed change within 0.007 of the whole text's and of the same sign.
         ablation_model=GPT_CPU,
         ablation_steps=80,
