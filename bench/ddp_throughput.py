@@ -6,10 +6,11 @@
 Issue 13's target, on a 2-core CPU: two processes with one thread each (``torchrun --standalone
 --nproc_per_node 2``, gloo, ``OMP_NUM_THREADS=1``) reach at least 0.8x the training tokens/s of
 one process with two threads (``OMP_NUM_THREADS=2``), on the CPU setting: ``GPT_CPU``, a global
-batch of 64 windows of 64 tokens (32 per process under DDP), chapter 7's optimizer and schedule.
+batch of 64 windows of 64 tokens (32 per process under DDP; chapter 7 itself now takes batches of 16),
+chapter 7's optimizer and schedule.
 
 What runs is the course's command-line trainer, ``python -m shared pretrain --setting cpu
---device cpu``, as a learner would launch it, with no evaluation before the last step. Each run reports,
+--device cpu --batch-size 64``, as a learner would launch it, with no evaluation before the last step. Each run reports,
 in its ``history.json``, the seconds its training loop took (start-up, tokenizer and the final
 bits per character excluded). Those seconds still hold the slow first steps and the one final
 evaluation, so every configuration is run twice, for N and for 2N steps: the difference of the
@@ -68,8 +69,9 @@ def torch_threads(threads: int) -> int:
 
 def train_once(processes: int, threads: int, steps: int, out: Path) -> dict:
     """One run of the command-line trainer; returns its loop seconds (from history.json) and wall seconds."""
-    trainer = ["-m", "shared", "pretrain", "--setting", "cpu", "--device", "cpu", "--steps", str(steps),
-               "--eval-every", str(10 * steps), "--eval-batches", "1", "--out", str(out), "--quiet"]
+    trainer = ["-m", "shared", "pretrain", "--setting", "cpu", "--device", "cpu", "--batch-size", "64",
+               "--steps", str(steps), "--eval-every", str(10 * steps), "--eval-batches", "1", "--out", str(out),
+               "--quiet"]
     if processes == 1:
         cmd = [sys.executable, *trainer]
     else:
