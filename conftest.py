@@ -22,16 +22,20 @@ def _start_rank(item) -> int:
     """When a test's unit starts, earliest first (pytest-xdist hands units out in collection order).
 
     The longest units start first, so that two workers finish together: chapters 7 and 8 (one unit:
-    chapter 8 reads chapter 7's checkpoint), chapter 9, the GPU setting's smoke runs; then chapters 11
-    and 12, which start from chapter 7's checkpoint: by the time a worker reaches them, chapter 7 has
-    written it (``shared.base.load_base`` would wait for an unfinished one, or train a missing one);
-    then the other slow tests, the other notebooks, and the unit tests.
+    chapter 8 reads chapter 7's checkpoint) on one worker, the GPU setting's smoke runs on the other
+    (they use the smoke setting's own checkpoint), then chapter 9, then chapters 11 and 12. Chapter 9
+    (its capstone, near its end), 11 and 12 read chapter 7's checkpoint: by the time a worker reaches
+    them, chapter 7 has written it. (``shared.base.load_base`` would wait for an unfinished one, or
+    train a missing one. With chapter 9 started first, its capstone waited about 12 s, a worker idle,
+    for chapter 7's run to end.) Then the other slow tests, the other notebooks, and the unit tests.
     """
     path = item.nodeid.split("::", 1)[0]
-    for rank, prefix in enumerate(("notebooks/07_", "notebooks/08_", "notebooks/09_")):
+    for rank, prefix in enumerate(("notebooks/07_", "notebooks/08_")):
         if path.startswith(prefix):
             return rank
     if "test_the_gpu_setting_runs_top_to_bottom" in item.nodeid:
+        return 2
+    if path.startswith("notebooks/09_"):
         return 3
     if path.startswith(("notebooks/11_", "notebooks/12_")):
         return 4
