@@ -155,7 +155,7 @@ def plot_accuracy_bars(results: dict[str, Sequence[float]], baseline: float | No
         mean, std = _mean_std(list(values))
         ax.bar([k], [mean], yerr=[std], capsize=5, color="tab:blue", alpha=0.35 + 0.1 * (k % 2), edgecolor="black")
         ax.scatter([k] * len(values), list(values), color="black", s=12, zorder=3)
-        ax.text(k, mean + std + 0.01, f"{mean:.2f} ± {std:.2f}", ha="center", va="bottom", fontsize=9)
+        ax.text(k, mean + std + 0.01, f"{mean:.3f} ± {std:.3f}", ha="center", va="bottom", fontsize=9)
     if baseline is not None:
         ax.axhline(baseline, color="tab:red", linestyle="--", linewidth=1.2, label=f"{baseline_label} ({baseline:.2f})")
         ax.legend(loc="lower right", fontsize=9)
