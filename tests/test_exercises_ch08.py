@@ -245,7 +245,7 @@ def test_the_right_answer_passes(number, answer):
         ("8.3", penalty_in_place, "in place"),
         ("8.3", penalty_on_every_token, "do not appear in `previous`"),
         ("8.3", penalty_subtracting, "subtracted log(penalty)"),
-        ("8.4", complete_all_buggy, "does each prompt start from an empty cache"),
+        ("8.4", complete_all_buggy, "what does a later prompt's prefill find"),
         ("8.4", complete_all_without_cache, "without a cache"),
         ("8.4", complete_all_one_token_short, "should have shape"),
         ("8.1", min_p_by_the_reference, "course's own min_p_reference"),

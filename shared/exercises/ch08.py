@@ -267,7 +267,8 @@ def check_complete_all(complete_all) -> str:
         if not torch.equal(out, right):
             first = int((out != right)[0].nonzero()[0]) - prompt.shape[1]
             stale = "" if k == 0 else (
-                " The first prompt came out right and a later one did not: does each prompt start from an empty cache?"
+                " The first prompt came out right and a later one did not: what does a later prompt's prefill find "
+                "already in the cache?"
             )
             raise NotYet(f"Prompt {k}'s continuation differs from greedy decoding without a cache from new token "
                          f"{first} on.{stale}")
