@@ -398,7 +398,7 @@ def test_the_experiment_without_positions_is_worse_but_learns():
         ("9.2", lambda x, p, base=10_000.0: apply_rope(x, *_tables(x.shape[-1], p, base)), "course's own apply_rope"),
         ("9.4", {"a", "d"}, "1 of your 6 verdicts"),
         ("9.4", {"a", "d", "g"}, "are not statements"),
-        ("9.5", BuggyCachedAttention, "starts at cache.seq_len"),
+        ("9.5", BuggyCachedAttention, "where a token sits in the whole sequence"),
         ("9.5", OnlyQueriesFixed, "from position 8 on"),
         ("9.5", IgnoresTheCache, "cache.update(k, v)"),
         ("9.5", RotatesTheValues, "Without a cache, a model with your attention differs"),

@@ -375,8 +375,8 @@ def check_cached_rope(attention_class) -> str:
         raise NotYet(
             f"Without a cache your model matches LlamaModel, but with one it does not: from position {first} on (the "
             f"first token fed after the {prompt}-token prompt) the logits differ by up to "
-            f"{(cached - expected).abs().max().item():.3g}. Every new query and key must be rotated by its position "
-            "in the whole sequence, which starts at cache.seq_len (the tokens cached so far), not at 0."
+            f"{(cached - expected).abs().max().item():.3g}. Which part of the computation depends on where a token "
+            "sits in the whole sequence, and where in it does a token fed after the cached ones sit?"
         )
     return ("With your attention, logits computed with a KV cache (a prompt of 8 tokens, then 3 at once, then one at a "
             "time) equal those of the whole sequence at once, with grouped-query attention.")
@@ -459,7 +459,7 @@ def check_experiment(answer) -> str:
                      "without positions can still tell apart, and what it cannot: 'dog bites man' and 'man bites "
                      "dog' end the same way for it.")
     if predicted > 1.0:
-        raise NotYet("You predict a large loss. A causal model without positions is not blind to order: the mask "
+        raise NotYet("You predict a large gap. A causal model without positions is not blind to order: the mask "
                      "still lets each token see only what came before it, so it can still count and recall.")
     runs = experiment(without_rope)
     gap = runs["without RoPE"] - runs["with RoPE"]
