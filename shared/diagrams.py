@@ -1353,7 +1353,7 @@ def draw_all_reduce(rank_grads: Sequence[torch.Tensor], whole: torch.Tensor, lab
                          f"whole batch's; got shapes {[tuple(g.shape) for g in rank_grads]} and {tuple(whole.shape)}")
     mean = torch.stack(list(rank_grads)).mean(dim=0)
     colours = [VERMILLION, BLUE, GREEN, PURPLE]
-    fig, (ax_l, ax_r) = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    fig, (ax_l, ax_r) = plt.subplots(1, 2, figsize=(11, 5.0), sharey=True)
     width = 0.8 / n_ranks
     for r, grad in enumerate(rank_grads):
         xs = [j + (r - (n_ranks - 1) / 2) * width for j in range(k)]
@@ -1362,13 +1362,14 @@ def draw_all_reduce(rank_grads: Sequence[torch.Tensor], whole: torch.Tensor, lab
                  label=f"rank {r} after the all-reduce")
     ax_r.scatter(range(k), whole.tolist(), marker="_", s=900, color=INK, linewidths=2.5, zorder=3,
                  label="the whole batch's gradient, one process")
-    for ax, title, corner in [(ax_l, "before: every rank has its own gradient", "lower left"),
-                              (ax_r, "after all_reduce(mean): every rank holds the same", "lower right")]:
+    for ax, title in [(ax_l, "before: every rank has its own gradient"),
+                      (ax_r, "after all_reduce(mean): every rank holds the same")]:
         ax.axhline(0, color=INK, linewidth=0.8)
         ax.set_xticks(range(k), list(labels), fontsize=9, rotation=25, ha="right")
         ax.set_title(title, fontsize=11)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8.5, loc=corner)
+        # under the axes, not in a corner: inside, it can hide the tallest bars and their marks
+        ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.42), markerscale=0.4, frameon=False)
     ax_l.set_ylabel("gradient", fontsize=10)
     fig.tight_layout()
     return fig
