@@ -55,7 +55,7 @@ def test_draw_lora_cuts_big_matrices_and_refuses_what_it_cannot_draw():
 def test_accuracy_bars_are_means_with_one_standard_deviation():
     ax = plot_accuracy_bars({"a": [0.5, 0.7], "b": [0.9, 0.9, 0.9]}, baseline=0.5)
     assert [round(bar.get_height(), 6) for bar in ax.patches] == [0.6, 0.9]
-    assert "0.60 ± 0.14" in [t.get_text() for t in ax.texts]
+    assert "0.600 ± 0.141" in [t.get_text() for t in ax.texts]  # three decimals, as the chapter's tables
     assert ax.lines[-1].get_ydata()[0] == 0.5  # the baseline
     with pytest.raises(ValueError, match="at least one run"):
         plot_accuracy_bars({"a": []})
