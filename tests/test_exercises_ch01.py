@@ -148,7 +148,7 @@ def test_the_planted_bugs_get_hints_that_name_the_symptom():
     splitter = check("1.4", BUGGY_PATTERN.findall, quiet=True)
     assert "cut into '<', '|'" in splitter.message
     decoder = check("1.5", decode_each_token, quiet=True)
-    assert "Join all the bytes first" in decoder.message
+    assert "each token's bytes were decoded on their own" in decoder.message
 
 
 @pytest.mark.parametrize("prediction", [(24, 6, 6), (24, 6, 8), (23, 5, 7), (25, 7, 6), (0, 0, 0), (99, 99, 99)])

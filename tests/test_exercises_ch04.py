@@ -144,7 +144,7 @@ HINTS = {  # a phrase each mistake's hint must contain: it names the symptom
     ("4.3", 1): "scaled the survivors down",
     ("4.3", 2): "eval mode",
     ("4.3", 3): "*keeping*",
-    ("4.4", 0): "float('-inf')",
+    ("4.4", 0): "what is e^0",
     ("4.4", 1): "renormalisation",
     ("4.5", 0): "keys of shape (1, 5, 4)",
     ("4.5", 1): "values of shape (1, 5, 4)",

@@ -108,7 +108,7 @@ HINTS = {  # a phrase each mistake's hint must contain: it names the symptom
     ("5.4", 1): "course's own repeat_kv",
     ("5.4", 2): "course's own repeat_kv",
     ("5.3", 1): "course's own MultiHeadAttention",
-    ("5.5", 0): "4 bytes",
+    ("5.5", 0): "factor of 4",
     ("5.5", 1): "both the number of rows",
     ("5.5", 2): "12 heads",
     ("5.5", 3): "megabytes",

@@ -177,7 +177,7 @@ def _check_decode(answer):
             hint = f"decode(ids of {sample!r}) gave {got!r}, not the text back."
             if "\ufffd" in got:
                 hint += (" A character of several bytes was spread over several tokens, and each token's bytes "
-                         "were decoded on their own. Join all the bytes first, then decode once.")
+                         "were decoded on their own: when may a token's bytes be turned into characters?")
             raise NotYet(hint)
     cut = tokenizer.encode("😀!")[:2]  # two of the emoji's four bytes
     got, want = answer(cut, tokenizer.vocab), tokenizer.decode(cut)

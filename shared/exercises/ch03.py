@@ -113,7 +113,8 @@ def check_score_variance(prediction: object) -> str:
         why = {
             64.0: "That is right for unit-variance entries, but the keys' entries have standard deviation 3.",
             192.0: "The variance of a key entry is the square of its standard deviation, not the deviation itself.",
-            24.0: "The variances of independent terms add up: how many terms q_i k_i are there?",
+            24.0: "24 = √576 is the standard deviation of q·k, its typical size; the exercise asks for its "
+                  "variance.",
         }.get(unscaled, "Each term q_i k_i has variance Var(q_i) · Var(k_i), and the variances of independent "
                         "terms add up.")
         size = "too high" if unscaled > true_unscaled else "too low"
@@ -147,10 +148,10 @@ def check_fixed_context_vectors(answer: Callable) -> str:
     if close(got, expected):
         return "Your context vectors equal shared.attention.attend on 5 positions with d_out = 8."
     scores = queries @ keys.T
-    over_queries = "Each *column* of your weights sums to 1: the softmax normalises over the queries (dim=0). " \
-                   "A query's weights over the keys are a row, so normalise along dim=-1."
-    wrong_scale = "The scores are divided by √seq (keys.shape[0] = 5 positions) instead of √d_out " \
-                  "(the key dimension, keys.shape[-1] = 8)."
+    over_queries = "Each *column* of your weights sums to 1, not each row: which axis holds one query's weights " \
+                   "over the keys?"
+    wrong_scale = "The scores are divided by √seq (keys.shape[0] = 5 positions): which dimension sets the size of " \
+                  "a dot product q·k?"
     for wrong, hint in [
         (torch.softmax(scores / math.sqrt(seq), dim=0), f"Both bugs are still there. The first: {over_queries}"),
         (torch.softmax(scores / math.sqrt(d_out), dim=0), over_queries),

@@ -166,8 +166,8 @@ def check_fixed_causal_weights(answer: Callable) -> str:
     future = got.masked_select(causal_mask(seq))
     if future.abs().max() > 1e-6:
         raise NotYet(f"The weights on the future are not zero: query 0 gives key 1 a weight of {got[0, 1].item():.4f}."
-                     f" A masked score of 0 is an ordinary score (e^0 = 1); fill with float('-inf'), whose "
-                     f"exponential is exactly 0.")
+                     f" A masked score of 0 is an ordinary score: what is e^0, and which score would the "
+                     f"softmax turn into exactly 0?")
     sums = got.sum(dim=-1)
     if not torch.allclose(sums, torch.ones(seq), atol=1e-5):
         raise NotYet(f"The future weights are zero, but the rows no longer sum to 1 (they sum to {rounded(sums)}): "

@@ -215,8 +215,8 @@ def check_repeat_kv(answer: Callable) -> str:
         if torch.equal(got, x.repeat(1, groups, 1, 1)):
             raise NotYet(f"{call}: you tiled the heads (kv0, kv1, kv0, kv1, ...), so query head 1 would use key head "
                          f"1. Each key/value head must serve {groups} *consecutive* query heads: query head h uses "
-                         f"key/value head h // groups, here {owners}. Repeat each head in place: "
-                         "\"b kv_heads t d -> b (kv_heads groups) t d\", or repeat_interleave.")
+                         f"key/value head h // groups, here {owners}: repeat each head in place, not the whole "
+                         "stack of heads.")
         raise NotYet(f"{call}: the heads are in the wrong places. Query head h should get key/value head h // groups, "
                      f"here {owners}.")
     return ("Your function equals shared.attention.repeat_kv for groups = 2, 3 and 1: query head h gets key/value "
@@ -244,7 +244,8 @@ def check_weights_memory(prediction: object) -> str:
     guess_1024, guess_2048 = (float(p) for p in prediction)
     if not near(guess_1024, at_1024):
         why = next((hint for factor, hint in [
-            (4, "Each float32 takes 4 bytes."),
+            (4, "Too low by a factor of 4: did you forget the 4 bytes of a float32, or scale the weights of a "
+                "shorter sequence linearly? Both seq axes grow."),
             (12, "Every head has its own (seq, seq) weights: multiply by 12 heads."),
             (8, "Every sequence of the batch has its own weights: multiply by 8."),
             (1024, "Each head's weights are seq × seq, one row per query and one column per key."),
